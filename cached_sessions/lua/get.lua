@@ -1,0 +1,10 @@
+-- KEYS: session, app_sessions, app_users, expiry_index
+-- ARGV: now, app, token
+-- Reads and touches in one step; `r` in the reply is the count before this read.
+local now, app, token = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
+local s = read_session(KEYS[1], now)
+if not s then return false end
+local out = reply(s)
+redis.call('HINCRBY', KEYS[1], 'r', 1)
+touch(app, token, s, now)
+return out

@@ -1,0 +1,9 @@
+-- KEYS: session
+-- ARGV: now, app, token
+-- Returns 1 when a live session was killed; an expired one is cleaned up and counts 0.
+local now, app, token = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return 0 end
+local live = read_session(KEYS[1], now) and 1 or 0
+remove_session(app, token, id)
+return live

@@ -1,0 +1,17 @@
+-- KEYS: app_sessions, app_users
+-- ARGV: now, app, batch
+-- Kills up to `batch` sessions of the app; returns {live sessions killed, more left (0|1)}.
+local now, app, batch = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], tonumber(ARGV[ARG + 3])
+local members = redis.call('ZRANGE', KEYS[1], 0, batch - 1)
+local killed = 0
+for _, member in ipairs(members) do
+  local token, id = split_member(member)
+  if token then
+    if read_session(fill(L.session, app, token, id), now) then killed = killed + 1 end
+    remove_session(app, token, id)
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+if redis.call('ZCARD', KEYS[1]) > 0 then return {killed, 1} end
+redis.call('DEL', KEYS[2])
+return {killed, 0}

@@ -1,0 +1,395 @@
+"""`RedisSessions`: the public async API of the session store.
+
+Every operation validates its input, then makes exactly one script call (killall and
+the wipe make one per batch), so each one applies all of its keys or none. The layout
+and the scripts speak redis-sessions 4.x, so a Node service can share the sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, NotRequired, TypedDict
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ResponseError
+
+from .embedded import EmbeddedServer
+from .errors import InvalidValueError, SessionsClosedError, StoredDataError
+from .keys import KeyLayout
+from .scripts import Scripts
+from .tokens import new_token
+from .validation import (
+    MAX_DATA_BYTES,
+    encode_create_data,
+    encode_data_patch,
+    validate_app,
+    validate_delta_time,
+    validate_id,
+    validate_ip,
+    validate_no_resave,
+    validate_token,
+    validate_ttl,
+)
+
+__all__ = ["RedisSessions", "SessionDict"]
+
+log = logging.getLogger(__name__)
+
+MIN_WIPE_INTERVAL = 10
+DEFAULT_BATCH = 500
+
+
+class SessionDict(TypedDict):
+    """A session as redis-sessions returns it."""
+
+    id: str
+    r: int
+    w: int
+    ttl: int
+    idle: int
+    ip: str
+    d: NotRequired[dict[str, Any]]
+    no_resave: NotRequired[bool]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _session(raw: Sequence[Any]) -> SessionDict:
+    id, r, w, ttl, idle, ip, data, no_resave = raw
+    session: SessionDict = {
+        "id": _text(id),
+        "r": int(r),
+        "w": int(w),
+        "ttl": int(ttl),
+        "idle": int(idle),
+        "ip": _text(ip),
+    }
+    if data:
+        try:
+            session["d"] = json.loads(data)
+        except ValueError as error:
+            raise StoredDataError(f"session of id {session['id']!r} holds d that is not JSON") from error
+    if int(no_resave):
+        session["no_resave"] = True
+    return session
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisSessions:
+    """Sessions in Redis under the redis-sessions 4.x data model.
+
+    The Redis connection comes from `redis` (a client the caller owns and closes),
+    else `url`, else the `REDIS_URL` environment variable, else an embedded Valkey
+    server this object starts on first use and stops on `aclose()`.
+
+    `clock` returns unix seconds; every operation reads it once. All processes that
+    share a Redis must agree on the time (NTP), as with redis-sessions.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | None = None,
+        *,
+        url: str | None = None,
+        namespace: str = "rs",
+        wipe: int = 600,
+        cachetime: float = 0,
+        cachemax: int = 5000,
+        clock: Callable[[], float] = time.time,
+        batch: int = DEFAULT_BATCH,
+        max_connections: int = 64,
+    ) -> None:
+        if redis is not None and url is not None:
+            raise ValueError("pass either redis= or url=, not both")
+        if not isinstance(wipe, int) or isinstance(wipe, bool) or wipe < 0:
+            raise ValueError("wipe must be 0 (off) or a number of seconds")
+        if cachetime != 0:
+            raise ValueError("cachetime > 0 needs the local cache, which is not built yet")
+        if not isinstance(cachemax, int) or cachemax < 1:
+            raise ValueError("cachemax must be a positive integer")
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError("batch must be a positive integer")
+        self._layout = KeyLayout(namespace)
+        self._given = redis
+        self._url = url if url is not None else os.environ.get("REDIS_URL") or None
+        self._clock = clock
+        self._batch = batch
+        self._max_connections = max_connections
+        self._wipe_interval = 0 if wipe == 0 else max(wipe, MIN_WIPE_INTERVAL)
+        self._redis: Redis | None = None
+        self._scripts: Scripts | None = None
+        self._embedded: EmbeddedServer | None = None
+        self._wipe_task: asyncio.Task[None] | None = None
+        self._start_lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        if self._given is not None:
+            server = "a client passed in"
+        elif self._url is not None:
+            server = _redacted(self._url)
+        elif self._embedded is not None and self._embedded.running:
+            server = f"embedded {self._embedded.url}"
+        else:
+            server = "embedded (not started)"
+        return f"RedisSessions(namespace={self._layout.namespace!r}, server={server!r})"
+
+    @property
+    def layout(self) -> KeyLayout:
+        return self._layout
+
+    @property
+    def redis(self) -> Redis:
+        """The client in use; for tests and tools that need to look at Redis directly."""
+        if self._redis is None:
+            raise RuntimeError("not started: call `await start()` or use `async with`")
+        return self._redis
+
+    # Lifecycle
+
+    async def start(self) -> RedisSessions:
+        """Connect (starting the embedded server when needed) and start the wiper.
+
+        Operations call this on first use, so calling it is optional; doing it at
+        startup moves the connection cost (and its errors) out of the first request.
+        """
+        await self._ready()
+        return self
+
+    async def __aenter__(self) -> RedisSessions:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the wiper, close what this object opened; safe to call twice."""
+        self._closed = True
+        self._scripts = None
+        task, self._wipe_task = self._wipe_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        client, self._redis = self._redis, None
+        if client is not None and client is not self._given:
+            await client.aclose(close_connection_pool=True)
+        embedded, self._embedded = self._embedded, None
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+    async def _ready(self) -> Scripts:
+        scripts = self._scripts
+        if scripts is not None:
+            return scripts
+        async with self._start_lock:
+            if self._closed:
+                raise SessionsClosedError()
+            if self._scripts is None:
+                client = self._given or await self._connect()
+                self._redis = client
+                self._scripts = Scripts.bind(client, self._layout)
+                if self._wipe_interval:
+                    self._wipe_task = asyncio.create_task(
+                        self._wipe_loop(), name=f"cached-sessions wipe ({self._layout.namespace})"
+                    )
+            return self._scripts
+
+    async def _connect(self) -> Redis:
+        url = self._url
+        if url is None:
+            self._embedded = EmbeddedServer()
+            url = await asyncio.to_thread(self._embedded.start)
+            log.info("no redis= or url= given and REDIS_URL unset: using an embedded server")
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=self._max_connections, timeout=10, decode_responses=True
+        )
+        return Redis(connection_pool=pool)
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    # Operations
+
+    async def create(
+        self,
+        *,
+        app: str,
+        id: str,
+        ip: str,
+        ttl: int = 7200,
+        d: dict[str, Any] | None = None,
+        no_resave: bool = False,
+    ) -> dict[str, str]:
+        """Create a session for `id`; returns `{"token": ...}`."""
+        app, id, ip = validate_app(app), validate_id(id), validate_ip(ip)
+        ttl = validate_ttl(ttl)
+        data = encode_create_data(d)
+        flag = "1" if validate_no_resave(no_resave) else ""
+        scripts = await self._ready()
+        layout = self._layout
+        while True:
+            token = new_token()
+            keys = [
+                layout.session(app, token),
+                layout.app_sessions(app),
+                layout.app_users(app),
+                layout.user_tokens(app, id),
+                layout.expiry_index(),
+            ]
+            args = [self._now(), app, token, id, ip, ttl, data, flag]
+            # 0 only if the token already exists: draw another rather than overwrite.
+            if await scripts.run("create", keys, args):
+                return {"token": token}
+
+    async def get(self, *, app: str, token: str) -> SessionDict | None:
+        """The session, or None when it is unknown, expired or killed.
+
+        Counts as activity: `r` grows by one and the expiry slides (unless no_resave).
+        """
+        app, token = validate_app(app), validate_token(token)
+        scripts = await self._ready()
+        raw = await scripts.run("get", self._session_keys(app, token), [self._now(), app, token])
+        return None if raw is None else _session(raw)
+
+    async def set(self, *, app: str, token: str, d: dict[str, Any]) -> SessionDict | None:
+        """Merge `d` into the session's data (None removes a key); returns the result."""
+        app, token = validate_app(app), validate_token(token)
+        patch = encode_data_patch(d)
+        scripts = await self._ready()
+        args: list[Any] = [self._now(), app, token, MAX_DATA_BYTES]
+        for triple in patch:
+            args.extend(triple)
+        try:
+            raw = await scripts.run("set", self._session_keys(app, token), args)
+        except ResponseError as error:
+            raise self._set_error(error) from None
+        return None if raw is None else _session(raw)
+
+    async def kill(self, *, app: str, token: str) -> dict[str, int]:
+        app, token = validate_app(app), validate_token(token)
+        scripts = await self._ready()
+        killed = await scripts.run("kill", self._session_keys(app, token), [self._now(), app, token])
+        return {"kill": int(killed)}
+
+    async def killall(self, *, app: str) -> dict[str, int]:
+        """Kill every session of `app`, in batches so no script call runs long."""
+        app = validate_app(app)
+        scripts = await self._ready()
+        keys = [self._layout.app_sessions(app), self._layout.app_users(app)]
+        total, more = 0, 1
+        while more:
+            killed, more = await scripts.run("killall", keys, [self._now(), app, self._batch])
+            total += int(killed)
+        return {"kill": total}
+
+    async def killsoid(self, *, app: str, id: str) -> dict[str, int]:
+        """Kill every session of one id ("log out everywhere")."""
+        app, id = validate_app(app), validate_id(id)
+        scripts = await self._ready()
+        keys = [self._layout.user_tokens(app, id), *self._app_keys(app)]
+        killed = await scripts.run("killsoid", keys, [self._now(), app, id])
+        return {"kill": int(killed)}
+
+    async def soid(self, *, app: str, id: str) -> dict[str, list[SessionDict]]:
+        """The live sessions of one id. Listing them is not activity."""
+        app, id = validate_app(app), validate_id(id)
+        scripts = await self._ready()
+        keys = [self._layout.user_tokens(app, id)]
+        raw = await scripts.run("soid", keys, [self._now(), app, id])
+        return {"sessions": [_session(item) for item in raw]}
+
+    async def soapp(self, *, app: str, delta_time: int) -> dict[str, list[SessionDict]]:
+        """Sessions of `app` active within `delta_time` seconds, newest first."""
+        app, delta_time = validate_app(app), validate_delta_time(delta_time)
+        scripts = await self._ready()
+        keys = [self._layout.app_sessions(app)]
+        raw = await scripts.run("soapp", keys, [self._now(), app, delta_time])
+        return {"sessions": [_session(item) for item in raw]}
+
+    async def activity(self, *, app: str, delta_time: int) -> dict[str, int]:
+        """Distinct ids active within `delta_time` seconds (one ZCOUNT, atomic)."""
+        app, delta_time = validate_app(app), validate_delta_time(delta_time)
+        await self._ready()
+        since = self._now() - delta_time
+        count = await self.redis.zcount(self._layout.app_users(app), since, "+inf")
+        return {"activity": int(count)}
+
+    async def ping(self) -> str:
+        await self._ready()
+        await self.redis.ping()
+        return "PONG"
+
+    async def wipe(self) -> int:
+        """Remove the sessions that expired; returns how many. Batched like killall."""
+        scripts = await self._ready()
+        keys = [self._layout.expiry_index()]
+        total, more = 0, 1
+        while more:
+            removed, more = await scripts.run("wipe", keys, [self._now(), self._batch])
+            total += int(removed)
+        return total
+
+    # Helpers
+
+    def _app_keys(self, app: str) -> list[str]:
+        layout = self._layout
+        return [layout.app_sessions(app), layout.app_users(app), layout.expiry_index()]
+
+    def _session_keys(self, app: str, token: str) -> list[str]:
+        return [self._layout.session(app, token), *self._app_keys(app)]
+
+    @staticmethod
+    def _set_error(error: ResponseError) -> Exception:
+        message = str(error)
+        if message.startswith("DATA_TOO_LARGE"):
+            size = message.split()[-1]
+            return InvalidValueError(
+                f"d would be {size} bytes as JSON after the merge; at most {MAX_DATA_BYTES} "
+                "are allowed (nothing was written)"
+            )
+        if message.startswith("STORED_DATA_NOT_FLAT"):
+            return StoredDataError(
+                "the stored d is not a flat JSON object of scalars, so it cannot be merged "
+                "without changing it (nothing was written)"
+            )
+        return error
+
+    async def _wipe_loop(self) -> None:
+        interval = self._wipe_interval
+        lock = self._layout.wipe_lock()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                # The lock outlives this run on purpose: one wipe per interval in all
+                # processes together, whoever wins the race.
+                if await self.redis.set(lock, "1", nx=True, ex=interval):
+                    removed = await self.wipe()
+                    log.debug("wipe removed %d expired sessions", removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("wipe failed (%s); trying again in %d s", error, interval)

@@ -1,0 +1,193 @@
+"""Input rules. Every public store call runs these before any I/O.
+
+The rules follow redis-sessions 4.x so both libraries accept the same sessions, with
+three deliberate differences, each because the original loses data or time:
+
+* `id` is checked by length and a character class, in linear time; the original's
+  pattern backtracks catastrophically on long input.
+* integers in `d` must be exact in a JavaScript number (|n| <= 2**53 - 1), and floats
+  finite, so a value written by Python reads back unchanged in Node and in Python.
+* the serialized `d` is bounded (`MAX_DATA_BYTES`), so one session cannot grow
+  without limit; the bound is checked again on the merged result inside the script.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from .errors import InvalidFormatError, InvalidValueError, MissingParameterError
+
+__all__ = [
+    "MAX_DATA_BYTES",
+    "MAX_ID_LENGTH",
+    "MAX_SAFE_INTEGER",
+    "MAX_TTL",
+    "MIN_TTL",
+    "DataPatch",
+    "encode_create_data",
+    "encode_data_patch",
+    "validate_app",
+    "validate_delta_time",
+    "validate_id",
+    "validate_ip",
+    "validate_no_resave",
+    "validate_token",
+    "validate_ttl",
+]
+
+MIN_TTL: Final = 10
+MAX_TTL: Final = 365 * 24 * 3600  # one year; longer belongs in a remember-me token
+MAX_ID_LENGTH: Final = 128
+MAX_IP_LENGTH: Final = 39  # the longest textual IPv6 address
+MAX_DATA_BYTES: Final = 64 * 1024
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+
+_APP = re.compile(r"[A-Za-z0-9_-]{3,20}")
+_TOKEN = re.compile(r"[A-Za-z0-9]{64}")
+# C0, DEL and C1 controls: they break logs and line-based tools that read ids.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# One triple per changed key: (key, key as JSON, value as JSON or "" to delete).
+DataPatch = list[tuple[str, str, str]]
+
+
+def _present(value: object, item: str) -> None:
+    if value is None or value == "":
+        raise MissingParameterError(f"No {item} supplied")
+
+
+def validate_app(app: object) -> str:
+    _present(app, "app")
+    if not isinstance(app, str) or _APP.fullmatch(app) is None:
+        raise InvalidFormatError("Invalid app format")
+    return app
+
+
+def validate_token(token: object) -> str:
+    _present(token, "token")
+    if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
+        raise InvalidFormatError("Invalid token format")
+    return token
+
+
+def validate_id(id: object) -> str:
+    _present(id, "id")
+    # Length first: a huge id is refused without scanning it.
+    if not isinstance(id, str) or len(id) > MAX_ID_LENGTH or _CONTROL.search(id):
+        raise InvalidFormatError("Invalid id format")
+    _require_utf8(id, "Invalid id format")
+    return id
+
+
+def validate_ip(ip: object) -> str:
+    _present(ip, "ip")
+    if not isinstance(ip, str) or len(ip) > MAX_IP_LENGTH or _CONTROL.search(ip):
+        raise InvalidFormatError("Invalid ip format")
+    _require_utf8(ip, "Invalid ip format")
+    return ip
+
+
+def validate_ttl(ttl: object, item: str = "ttl") -> int:
+    # bool is an int in Python; `ttl=True` is a mistake, not one second.
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < MIN_TTL:
+        raise InvalidValueError(f"{item} must be a positive integer >= {MIN_TTL}")
+    if ttl > MAX_TTL:
+        raise InvalidValueError(f"{item} must be at most {MAX_TTL} (one year)")
+    return ttl
+
+
+def validate_delta_time(delta_time: object) -> int:
+    return validate_ttl(delta_time, "delta_time")
+
+
+def validate_no_resave(no_resave: object) -> bool:
+    if not isinstance(no_resave, bool):
+        raise InvalidValueError("no_resave must be a boolean")
+    return no_resave
+
+
+def _require_utf8(text: str, message: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidFormatError(message) from None
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _check_value(key: str, value: object) -> None:
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, int):
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return
+        raise InvalidValueError(
+            f"d.{key} is outside the integers a JSON number keeps exact (|n| <= 2**53 - 1)"
+        )
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return
+        raise InvalidValueError(f"d.{key} must be a finite number")
+    raise InvalidValueError(
+        f"d.{key} has a forbidden type. Only strings, numbers, boolean and null are allowed."
+    )
+
+
+def _checked_items(d: object) -> list[tuple[str, Any]]:
+    if d is None:
+        raise MissingParameterError("No d supplied")
+    if not isinstance(d, Mapping):
+        raise InvalidValueError("d must be an object")
+    if len(d) == 0:
+        raise InvalidValueError("d must contain at least one key")
+    items = list(d.items())
+    for key, value in items:
+        if not isinstance(key, str):
+            raise InvalidValueError(f"d keys must be strings, got {type(key).__name__}")
+        if key == "":
+            raise InvalidValueError("d keys must not be empty")
+        _check_value(key, value)
+    return items
+
+
+def _check_size(encoded: str) -> None:
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidValueError("d holds text that is not valid Unicode (a lone surrogate)") from None
+    if size > MAX_DATA_BYTES:
+        raise InvalidValueError(f"d is {size} bytes as JSON; at most {MAX_DATA_BYTES} are allowed")
+
+
+def encode_create_data(d: object) -> str:
+    """The JSON stored for a new session's `d`, or "" when nothing remains.
+
+    Keys given as None are dropped, as redis-sessions does on create.
+    """
+    if d is None:
+        return ""
+    kept = {key: value for key, value in _checked_items(d) if value is not None}
+    if not kept:
+        return ""
+    encoded = _dump(kept)
+    _check_size(encoded)
+    return encoded
+
+
+def encode_data_patch(d: object) -> DataPatch:
+    """The changes a `set` applies, as JSON fragments the merge script splices in.
+
+    Values are encoded here, not in Lua, because Lua's cjson keeps only 14 significant
+    digits and would silently change large integers and precise floats.
+    """
+    patch: DataPatch = [
+        (key, _dump(key), "" if value is None else _dump(value)) for key, value in _checked_items(d)
+    ]
+    _check_size("".join(part for triple in patch for part in triple))
+    return patch

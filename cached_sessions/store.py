@@ -78,7 +78,9 @@ def _session(raw: Sequence[Any]) -> SessionDict:
         try:
             session["d"] = json.loads(data)
         except ValueError as error:
-            raise StoredDataError(f"session of id {session['id']!r} holds d that is not JSON") from error
+            raise StoredDataError(
+                f"session of id {session['id']!r} holds d that is not JSON"
+            ) from error
     if int(no_resave):
         session["no_resave"] = True
     return session
@@ -292,7 +294,9 @@ class RedisSessions:
     async def kill(self, *, app: str, token: str) -> dict[str, int]:
         app, token = validate_app(app), validate_token(token)
         scripts = await self._ready()
-        killed = await scripts.run("kill", self._session_keys(app, token), [self._now(), app, token])
+        killed = await scripts.run(
+            "kill", self._session_keys(app, token), [self._now(), app, token]
+        )
         return {"kill": int(killed)}
 
     async def killall(self, *, app: str) -> dict[str, int]:
@@ -378,17 +382,27 @@ class RedisSessions:
             )
         return error
 
+    async def wipe_if_due(self, interval: int | None = None) -> int | None:
+        """Wipe unless another process wiped within `interval` seconds.
+
+        Returns the number removed, or None when another process holds the lock. The
+        lock outlives the run on purpose: one wipe per interval across all processes,
+        whoever wins the race.
+        """
+        await self._ready()
+        seconds = interval or self._wipe_interval or MIN_WIPE_INTERVAL
+        if not await self.redis.set(self._layout.wipe_lock(), "1", nx=True, ex=seconds):
+            return None
+        return await self.wipe()
+
     async def _wipe_loop(self) -> None:
         interval = self._wipe_interval
-        lock = self._layout.wipe_lock()
         while True:
             await asyncio.sleep(interval)
             try:
-                # The lock outlives this run on purpose: one wipe per interval in all
-                # processes together, whoever wins the race.
-                if await self.redis.set(lock, "1", nx=True, ex=interval):
-                    removed = await self.wipe()
-                    log.debug("wipe removed %d expired sessions", removed)
+                removed = await self.wipe_if_due()
+                if removed:
+                    log.info("wipe removed %d expired sessions", removed)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -152,6 +152,11 @@ def _checked_items(d: object) -> list[tuple[str, Any]]:
             raise InvalidValueError(f"d keys must be strings, got {type(key).__name__}")
         if key == "":
             raise InvalidValueError("d keys must not be empty")
+        if not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidValueError(f"d key {key!r} is not valid Unicode") from None
         _check_value(key, value)
     return items
 
@@ -160,7 +165,9 @@ def _check_size(encoded: str) -> None:
     try:
         size = len(encoded.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidValueError("d holds text that is not valid Unicode (a lone surrogate)") from None
+        raise InvalidValueError(
+            "d holds text that is not valid Unicode (a lone surrogate)"
+        ) from None
     if size > MAX_DATA_BYTES:
         raise InvalidValueError(f"d is {size} bytes as JSON; at most {MAX_DATA_BYTES} are allowed")
 
@@ -189,5 +196,7 @@ def encode_data_patch(d: object) -> DataPatch:
     patch: DataPatch = [
         (key, _dump(key), "" if value is None else _dump(value)) for key, value in _checked_items(d)
     ]
-    _check_size("".join(part for triple in patch for part in triple))
+    # Measured as the object the patch alone would store; the merged result is
+    # checked again in the script, where the stored keys are known.
+    _check_size("{" + ",".join(f"{raw_key}:{raw}" for _, raw_key, raw in patch if raw) + "}")
     return patch

@@ -1,0 +1,477 @@
+"""Interop with the real Node package redis-sessions 4.0.0 on the same server.
+
+Each test runs `tests/node/driver.js` (the npm package, installed once per test run)
+next to a Python store in the same namespace, and checks that what one side writes the
+other reads back exactly: the same fields, the same values, the same JSON types.
+
+Sessions live for an hour and nothing sleeps for expiry, so the real wall clock is
+safe. Both sides compute `idle` (and a no_resave session's remaining `ttl`) from whole
+seconds of that clock, so each comparison allows as many seconds of difference as
+actually ticked by while it ran; usually none, and then the values must be equal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from cached_sessions import RedisSessions
+from tests.servers import ServerProcess
+
+pytestmark = pytest.mark.interop
+
+PACKAGE = "redis-sessions@4.0.0"
+DRIVER = Path(__file__).parent / "node" / "driver.js"
+INSTALL_TIMEOUT = 180.0
+IO_TIMEOUT = 10.0
+APP = "interop"
+TTL = 3600
+NODE_TOKEN = re.compile(r"[A-Za-z0-9]{64}")  # redis-sessions' own token rule
+
+# Flat data with every kind of value both sides allow.
+NODE_DATA: dict[str, Any] = {
+    "name": "Zoë 😀",
+    "quote": 'say "hi"\\ and \n a newline, a tab\t, a slash / and \u2028',
+    "empty": "",
+    "count": 42,
+    "negative": -7,
+    "zero": 0,
+    "largest": 2**53 - 1,
+    "ratio": 0.1 + 0.2,
+    "tiny": 1.5e-7,
+    "huge": 1e21,
+    "pi": -3.14159,
+    "yes": True,
+    "no": False,
+}
+
+
+class NodeError(Exception):
+    """An error that redis-sessions (or the driver) reported for one command."""
+
+    def __init__(self, op: str, name: str, message: str) -> None:
+        super().__init__(f"node {op}: {name}: {message}")
+        self.op = op
+        self.name = name
+        self.message = message
+
+
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def node_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An npm prefix holding redis-sessions 4.0.0 and its dependencies."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip(
+            "node and npm are needed to drive the real redis-sessions package; .ci/run installs them"
+        )
+    prefix = tmp_path_factory.mktemp("redis-sessions-npm")
+    command = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), PACKAGE]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+    except subprocess.TimeoutExpired as error:
+        output = f"{error.stdout or ''}{error.stderr or ''}"
+        pytest.fail(f"`{' '.join(command)}` took more than {INSTALL_TIMEOUT:.0f} s:\n{output}")
+    if done.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(command)}` failed with exit code {done.returncode}:\n"
+            f"{done.stdout}{done.stderr}"
+        )
+    manifest = prefix / "node_modules" / "redis-sessions" / "package.json"
+    version = json.loads(manifest.read_text(encoding="utf-8"))["version"]
+    assert version == "4.0.0", f"npm installed redis-sessions {version}, not 4.0.0"
+    return prefix
+
+
+class NodeDriver:
+    """One driver process: `await node("get", app=..., token=...)` runs one command."""
+
+    def __init__(self, process: asyncio.subprocess.Process, stderr: Path) -> None:
+        self.process = process
+        self.stderr = stderr
+
+    def _stderr(self) -> str:
+        return self.stderr.read_text(encoding="utf-8", errors="replace")
+
+    async def __call__(self, op: str, **args: Any) -> Any:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        stdin.write(json.dumps({"op": op, "args": args}).encode("utf-8") + b"\n")
+        try:
+            await asyncio.wait_for(stdin.drain(), IO_TIMEOUT)
+            line = await asyncio.wait_for(stdout.readline(), IO_TIMEOUT)
+        except TimeoutError:
+            pytest.fail(f"node {op} gave no answer within {IO_TIMEOUT:.0f} s:\n{self._stderr()}")
+        if not line:
+            await asyncio.wait_for(self.process.wait(), IO_TIMEOUT)
+            pytest.fail(
+                f"the node driver exited ({self.process.returncode}) during {op}:\n{self._stderr()}"
+            )
+        reply = json.loads(line)
+        if "error" in reply:
+            raise NodeError(op, reply["error"]["name"], reply["error"]["message"])
+        return reply["ok"]
+
+    async def close(self) -> None:
+        """End stdin so the driver quits Redis and exits; kill it if it hangs."""
+        process = self.process
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            code = await asyncio.wait_for(process.wait(), IO_TIMEOUT)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            pytest.fail(f"the node driver did not exit after stdin closed:\n{self._stderr()}")
+        assert code == 0, f"the node driver exited with {code}:\n{self._stderr()}"
+
+
+@pytest.fixture
+async def node(
+    node_package: Path, server: ServerProcess, namespace: str, tmp_path: Path
+) -> AsyncIterator[NodeDriver]:
+    """redis-sessions on the test server, in the test's namespace (wiper off)."""
+    stderr_path = tmp_path / "driver.stderr"
+    with stderr_path.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            shutil.which("node") or "node",
+            str(DRIVER),
+            str(node_package),
+            str(server.port),
+            namespace,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            limit=16 * 1024 * 1024,
+        )
+    driver = NodeDriver(process, stderr_path)
+    try:
+        assert await driver("ping") == "PONG"
+        yield driver
+    finally:
+        if process.returncode is None:
+            await driver.close()
+
+
+# Helpers
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+async def early_in_second() -> None:
+    """Sleep (at most 0.3 s) so the next steps start early in a wall-clock second.
+
+    Then the few milliseconds a comparison takes rarely cross a second boundary, and
+    `idle` and a no_resave `ttl` are compared exactly.
+    """
+    fraction = time.time() % 1
+    if fraction > 0.7:
+        await asyncio.sleep(1.02 - fraction)
+
+
+class Clock:
+    """Counts the whole wall-clock seconds that tick by during a test."""
+
+    def __init__(self) -> None:
+        self.start = int(time.time())
+
+    @property
+    def ticks(self) -> int:
+        return int(time.time()) - self.start
+
+
+def typed(value: Any) -> Any:
+    """`value` with every scalar tagged by its type: True == 1 and 2.0 == 2 in Python,
+    but a bool that became an int, or a float that became an int, is a difference."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    return (type(value).__name__, value)
+
+
+def assert_same_session(
+    later: dict[str, Any] | None,
+    earlier: dict[str, Any] | None,
+    *,
+    reads_between: int,
+    ticks: int,
+) -> None:
+    """`later` is the same session as `earlier`, read `reads_between` gets later.
+
+    Everything must match exactly (types included) except `r`, which grows by one per
+    get, and `idle` and a no_resave `ttl`, which may differ by the seconds that ticked.
+    """
+    assert later is not None and earlier is not None
+    assert sorted(later) == sorted(earlier), "the two sides return different fields"
+    for field in ("r", "w", "ttl", "idle"):
+        assert type(later[field]) is int, f"{field} of {later!r} is not an int"
+        assert type(earlier[field]) is int, f"{field} of {earlier!r} is not an int"
+    assert later["r"] == earlier["r"] + reads_between
+    fixed = [key for key in earlier if key not in ("r", "idle", "ttl")]
+    assert typed({key: later[key] for key in fixed}) == typed({key: earlier[key] for key in fixed})
+    if ticks == 0:
+        assert later["idle"] == earlier["idle"]
+        assert later["ttl"] == earlier["ttl"]
+    else:
+        assert abs(later["idle"] - earlier["idle"]) <= ticks
+        if earlier.get("no_resave"):
+            assert abs(later["ttl"] - earlier["ttl"]) <= ticks
+        else:
+            assert later["ttl"] == earlier["ttl"]
+
+
+def label_order(sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sessions sorted by their `d.label`, which every test session carries."""
+    return sorted(sessions, key=lambda session: session["d"]["label"])
+
+
+def labels(sessions: list[dict[str, Any]]) -> list[str]:
+    return [session["d"]["label"] for session in sessions]
+
+
+async def keys_in(redis: Redis, namespace: str) -> list[str]:
+    return sorted([key async for key in redis.scan_iter(match=f"{namespace}:*")])
+
+
+# Tests
+
+
+async def test_node_creates_python_reads_sets_and_kills(
+    live_rs: RedisSessions, node: NodeDriver, redis: Redis, namespace: str
+) -> None:
+    await early_in_second()
+    clock = Clock()
+    created = await node("create", app=APP, id="user1", ip="10.0.0.1", ttl=TTL, d=NODE_DATA)
+    token = created["token"]
+    assert NODE_TOKEN.fullmatch(token)
+
+    from_node = await node("get", app=APP, token=token)
+    from_python = await live_rs.get(app=APP, token=token)
+    assert from_node is not None
+    assert from_node["r"] == 1 and from_node["w"] == 1 and from_node["ttl"] == TTL
+    assert typed(from_node["d"]) == typed(NODE_DATA)
+    assert_same_session(from_python, from_node, reads_between=1, ticks=clock.ticks)
+
+    # Add a key, remove a key, change a key's type.
+    updated = await live_rs.set(
+        app=APP, token=token, d={"added": "new", "count": None, "yes": "now a string"}
+    )
+    merged = {key: value for key, value in NODE_DATA.items() if key != "count"}
+    merged.update(added="new", yes="now a string")
+    assert updated is not None
+    assert typed(updated["d"]) == typed(merged)
+    assert updated["w"] == 2
+
+    seen_by_node = await node("get", app=APP, token=token)
+    assert typed(seen_by_node["d"]) == typed(merged)
+    assert seen_by_node["w"] == updated["w"]
+    assert_same_session(seen_by_node, updated, reads_between=0, ticks=clock.ticks)
+
+    assert await live_rs.kill(app=APP, token=token) == {"kill": 1}
+    assert await node("get", app=APP, token=token) is None
+    assert await node("soid", app=APP, id="user1") == {"sessions": []}
+    assert await node("activity", app=APP, deltaTime=600) == {"activity": 0}
+    assert await keys_in(redis, namespace) == []
+
+
+async def test_python_creates_node_reads_sets_and_kills(
+    live_rs: RedisSessions, node: NodeDriver, redis: Redis, namespace: str
+) -> None:
+    await early_in_second()
+    clock = Clock()
+    data = {"label": "py", "lang": "Python ✓", "visits": 3, "score": 0.5, "admin": False}
+    created = await live_rs.create(app=APP, id="user2", ip="2001:db8::1", ttl=TTL, d=data)
+    token = created["token"]
+
+    from_python = await live_rs.get(app=APP, token=token)
+    from_node = await node("get", app=APP, token=token)
+    assert from_python is not None
+    assert from_python["r"] == 1 and from_python["w"] == 1 and from_python["ttl"] == TTL
+    assert typed(from_python["d"]) == typed(data)
+    assert_same_session(from_node, from_python, reads_between=1, ticks=clock.ticks)
+
+    set_by_node = await node(
+        "set", app=APP, token=token, d={"theme": "dark", "visits": None, "admin": True}
+    )
+    merged = {"label": "py", "lang": "Python ✓", "score": 0.5, "admin": True, "theme": "dark"}
+    assert typed(set_by_node["d"]) == typed(merged)
+    assert set_by_node["w"] == 2
+
+    seen_by_python = await live_rs.get(app=APP, token=token)
+    assert seen_by_python is not None
+    assert typed(seen_by_python["d"]) == typed(merged)
+    assert seen_by_python["w"] == set_by_node["w"]
+    assert_same_session(seen_by_python, set_by_node, reads_between=0, ticks=clock.ticks)
+
+    assert await node("kill", app=APP, token=token) == {"kill": 1}
+    assert await live_rs.get(app=APP, token=token) is None
+    assert await live_rs.soid(app=APP, id="user2") == {"sessions": []}
+    assert await live_rs.activity(app=APP, delta_time=600) == {"activity": 0}
+    assert await keys_in(redis, namespace) == []
+
+
+async def test_node_accepts_python_tokens(live_rs: RedisSessions, node: NodeDriver) -> None:
+    tokens = []
+    for n in range(20):
+        created = await live_rs.create(app=APP, id=f"t{n}", ip="10.0.0.3", ttl=TTL)
+        tokens.append(created["token"])
+    assert len(set(tokens)) == len(tokens)
+    for n, token in enumerate(tokens):
+        assert NODE_TOKEN.fullmatch(token), token
+        session = await node("get", app=APP, token=token)
+        assert session is not None and session["id"] == f"t{n}"
+        assert "d" not in session
+    # The other token-taking calls of Node accept them too.
+    assert (await node("set", app=APP, token=tokens[0], d={"k": 1}))["d"] == {"k": 1}
+    assert await node("kill", app=APP, token=tokens[1]) == {"kill": 1}
+    assert await live_rs.get(app=APP, token=tokens[1]) is None
+
+
+async def test_listings_agree_over_sessions_of_both_sides(
+    live_rs: RedisSessions, node: NodeDriver, redis: Redis, namespace: str
+) -> None:
+    async def by_node(id: str, label: str, ip: str) -> str:
+        created = await node("create", app=APP, id=id, ip=ip, ttl=TTL, d={"label": label})
+        return str(created["token"])
+
+    async def by_python(id: str, label: str, ip: str) -> str:
+        created = await live_rs.create(app=APP, id=id, ip=ip, ttl=TTL, d={"label": label})
+        return created["token"]
+
+    await early_in_second()
+    clock = Clock()
+    await by_node("alice", "alice-node-1", "10.0.0.1")
+    await by_node("alice", "alice-node-2", "10.0.0.2")
+    bob = await by_node("bob", "bob-node", "10.0.0.3")
+    await by_python("alice", "alice-py", "10.0.1.1")
+    await by_python("carol", "carol-py-1", "10.0.1.2")
+    await by_python("carol", "carol-py-2", "10.0.1.3")
+    # Make bob look active 1000 s ago, in the indexes both libraries filter on.
+    long_ago = int(time.time()) - 1000
+    await redis.zadd(f"{namespace}:{APP}:_sessions", {f"{bob}:bob": long_ago})
+    await redis.zadd(f"{namespace}:{APP}:_users", {"bob": long_ago})
+
+    expected_ids = {
+        "alice": ["alice-node-1", "alice-node-2", "alice-py"],
+        "bob": ["bob-node"],
+        "carol": ["carol-py-1", "carol-py-2"],
+        "nobody": [],
+    }
+    for id, expected in expected_ids.items():
+        py = label_order((await live_rs.soid(app=APP, id=id))["sessions"])
+        nd = label_order((await node("soid", app=APP, id=id))["sessions"])
+        assert labels(py) == labels(nd) == expected
+        for p, n in zip(py, nd, strict=True):
+            assert p["id"] == id
+            assert_same_session(p, n, reads_between=0, ticks=clock.ticks)
+
+    for delta, expected_labels in (
+        (600, ["alice-node-1", "alice-node-2", "alice-py", "carol-py-1", "carol-py-2"]),
+        (3600, ["alice-node-1", "alice-node-2", "alice-py", "bob-node", "carol-py-1", "carol-py-2"]),
+    ):
+        py = (await live_rs.soapp(app=APP, delta_time=delta))["sessions"]
+        nd = (await node("soapp", app=APP, deltaTime=delta))["sessions"]
+        # The same query on the same sorted set: the same order, ties included.
+        assert labels(py) == labels(nd)
+        assert sorted(labels(py)) == expected_labels
+        assert labels(py)[-1] == "bob-node" if delta == 3600 else "bob-node" not in labels(py)
+        for p, n in zip(py, nd, strict=True):
+            assert_same_session(p, n, reads_between=0, ticks=clock.ticks)
+
+    for delta, expected_count in ((600, 2), (3600, 3)):
+        py_activity = await live_rs.activity(app=APP, delta_time=delta)
+        node_activity = await node("activity", app=APP, deltaTime=delta)
+        assert py_activity == node_activity == {"activity": expected_count}
+
+    # Neither side's listings count as reads.
+    everything = (await live_rs.soapp(app=APP, delta_time=3600))["sessions"]
+    assert [session["r"] for session in everything] == [1] * 6
+
+
+async def test_python_killsoid_and_node_killall(
+    live_rs: RedisSessions, node: NodeDriver, redis: Redis, namespace: str
+) -> None:
+    for n in range(2):
+        await node("create", app=APP, id="dave", ip="10.0.0.4", ttl=TTL, d={"label": f"dave{n}"})
+    await node("create", app=APP, id="erin", ip="10.0.0.5", ttl=TTL, d={"label": "erin"})
+    kept = await live_rs.create(app=APP, id="dave", ip="10.0.0.4", ttl=TTL, d={"label": "x"})
+    await live_rs.kill(app=APP, token=kept["token"])
+
+    assert len((await node("soid", app=APP, id="dave"))["sessions"]) == 2
+    assert await live_rs.killsoid(app=APP, id="dave") == {"kill": 2}
+    assert await node("soid", app=APP, id="dave") == {"sessions": []}
+    assert labels((await node("soid", app=APP, id="erin"))["sessions"]) == ["erin"]
+    assert await node("activity", app=APP, deltaTime=600) == {"activity": 1}
+    assert labels((await node("soapp", app=APP, deltaTime=600))["sessions"]) == ["erin"]
+    assert not await redis.exists(f"{namespace}:{APP}:us:dave")
+    assert await redis.zscore(f"{namespace}:{APP}:_users", "dave") is None
+
+    tokens = [
+        (await live_rs.create(app=APP, id=id, ip="10.0.1.4", ttl=TTL, d={"label": id}))["token"]
+        for id in ("frank", "frank", "grace")
+    ]
+    assert await live_rs.activity(app=APP, delta_time=600) == {"activity": 3}
+    assert await node("killall", app=APP) == {"kill": 4}
+    for token in tokens:
+        assert await live_rs.get(app=APP, token=token) is None
+    for id in ("dave", "erin", "frank", "grace"):
+        assert await live_rs.soid(app=APP, id=id) == {"sessions": []}
+    assert await live_rs.activity(app=APP, delta_time=3600) == {"activity": 0}
+    assert await live_rs.soapp(app=APP, delta_time=3600) == {"sessions": []}
+    assert await node("activity", app=APP, deltaTime=3600) == {"activity": 0}
+    assert await keys_in(redis, namespace) == []
+
+
+async def test_no_resave_sessions_agree(
+    live_rs: RedisSessions, node: NodeDriver, redis: Redis, namespace: str
+) -> None:
+    await early_in_second()
+    clock = Clock()
+    created = await node(
+        "create", app=APP, id="nr", ip="10.0.0.6", ttl=TTL, no_resave=True, d={"label": "node"}
+    )
+    token = created["token"]
+    assert await redis.hget(f"{namespace}:{APP}:{token}", "no_resave") == "1"
+
+    from_node = await node("get", app=APP, token=token)
+    from_python = await live_rs.get(app=APP, token=token)
+    assert from_node["no_resave"] is True
+    assert from_python is not None and from_python["no_resave"] is True
+    assert_same_session(from_python, from_node, reads_between=1, ticks=clock.ticks)
+    if clock.ticks == 0:
+        assert from_python["ttl"] == from_node["ttl"] == TTL
+
+    # The other way round: a no_resave session that Python created.
+    created = await live_rs.create(
+        app=APP, id="nr", ip="10.0.0.7", ttl=TTL, no_resave=True, d={"label": "python"}
+    )
+    token = created["token"]
+    from_python = await live_rs.get(app=APP, token=token)
+    from_node = await node("get", app=APP, token=token)
+    assert from_python is not None and from_python["no_resave"] is True
+    assert from_node["no_resave"] is True
+    assert_same_session(from_node, from_python, reads_between=1, ticks=clock.ticks)
+
+    py = label_order((await live_rs.soid(app=APP, id="nr"))["sessions"])
+    nd = label_order((await node("soid", app=APP, id="nr"))["sessions"])
+    assert labels(py) == ["node", "python"]
+    for p, n in zip(py, nd, strict=True):
+        assert p["no_resave"] is True
+        assert_same_session(p, n, reads_between=0, ticks=clock.ticks)

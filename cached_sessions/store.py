@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, NotRequired, TypedDict
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -23,6 +22,7 @@ from redis.exceptions import ResponseError
 
 from .embedded import EmbeddedServer
 from .errors import InvalidValueError, SessionsClosedError, StoredDataError
+from .model import SessionDict, session_from_reply
 from .keys import KeyLayout
 from .scripts import Scripts
 from .tokens import new_token
@@ -45,45 +45,6 @@ log = logging.getLogger(__name__)
 
 MIN_WIPE_INTERVAL = 10
 DEFAULT_BATCH = 500
-
-
-class SessionDict(TypedDict):
-    """A session as redis-sessions returns it."""
-
-    id: str
-    r: int
-    w: int
-    ttl: int
-    idle: int
-    ip: str
-    d: NotRequired[dict[str, Any]]
-    no_resave: NotRequired[bool]
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _session(raw: Sequence[Any]) -> SessionDict:
-    id, r, w, ttl, idle, ip, data, no_resave = raw
-    session: SessionDict = {
-        "id": _text(id),
-        "r": int(r),
-        "w": int(w),
-        "ttl": int(ttl),
-        "idle": int(idle),
-        "ip": _text(ip),
-    }
-    if data:
-        try:
-            session["d"] = json.loads(data)
-        except ValueError as error:
-            raise StoredDataError(
-                f"session of id {session['id']!r} holds d that is not JSON"
-            ) from error
-    if int(no_resave):
-        session["no_resave"] = True
-    return session
 
 
 def _redacted(url: str) -> str:
@@ -275,7 +236,7 @@ class RedisSessions:
         app, token = validate_app(app), validate_token(token)
         scripts = await self._ready()
         raw = await scripts.run("get", self._session_keys(app, token), [self._now(), app, token])
-        return None if raw is None else _session(raw)
+        return None if raw is None else session_from_reply(raw)
 
     async def set(self, *, app: str, token: str, d: dict[str, Any]) -> SessionDict | None:
         """Merge `d` into the session's data (None removes a key); returns the result."""
@@ -289,7 +250,7 @@ class RedisSessions:
             raw = await scripts.run("set", self._session_keys(app, token), args)
         except ResponseError as error:
             raise self._set_error(error) from None
-        return None if raw is None else _session(raw)
+        return None if raw is None else session_from_reply(raw)
 
     async def kill(self, *, app: str, token: str) -> dict[str, int]:
         app, token = validate_app(app), validate_token(token)
@@ -324,7 +285,7 @@ class RedisSessions:
         scripts = await self._ready()
         keys = [self._layout.user_tokens(app, id)]
         raw = await scripts.run("soid", keys, [self._now(), app, id])
-        return {"sessions": [_session(item) for item in raw]}
+        return {"sessions": [session_from_reply(item) for item in raw]}
 
     async def soapp(self, *, app: str, delta_time: int) -> dict[str, list[SessionDict]]:
         """Sessions of `app` active within `delta_time` seconds, newest first."""
@@ -332,7 +293,7 @@ class RedisSessions:
         scripts = await self._ready()
         keys = [self._layout.app_sessions(app)]
         raw = await scripts.run("soapp", keys, [self._now(), app, delta_time])
-        return {"sessions": [_session(item) for item in raw]}
+        return {"sessions": [session_from_reply(item) for item in raw]}
 
     async def activity(self, *, app: str, delta_time: int) -> dict[str, int]:
         """Distinct ids active within `delta_time` seconds (one ZCOUNT, atomic)."""

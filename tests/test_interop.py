@@ -13,20 +13,19 @@ actually ticked by while it ran; usually none, and then the values must be equal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from cached_sessions import RedisSessions
+from cached_sessions import InvalidFormatError, RedisSessions
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.interop
@@ -76,7 +75,8 @@ def node_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip(
-            "node and npm are needed to drive the real redis-sessions package; .ci/run installs them"
+            "node and npm are needed to drive the real redis-sessions package; "
+            ".ci/run installs them"
         )
     prefix = tmp_path_factory.mktemp("redis-sessions-npm")
     command = [npm, "install", "--no-audit", "--no-fund", "--prefix", str(prefix), PACKAGE]
@@ -167,11 +167,6 @@ async def node(
 
 
 # Helpers
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 async def early_in_second() -> None:
@@ -342,6 +337,13 @@ async def test_node_accepts_python_tokens(live_rs: RedisSessions, node: NodeDriv
     assert (await node("set", app=APP, token=tokens[0], d={"k": 1}))["d"] == {"k": 1}
     assert await node("kill", app=APP, token=tokens[1]) == {"kill": 1}
     assert await live_rs.get(app=APP, token=tokens[1]) is None
+    # A token one character short is refused by both, with the same error.
+    with pytest.raises(NodeError) as from_node:
+        await node("get", app=APP, token=tokens[0][:63])
+    with pytest.raises(InvalidFormatError) as from_python:
+        await live_rs.get(app=APP, token=tokens[0][:63])
+    assert from_node.value.name == from_python.value.name == "invalidFormat"
+    assert from_node.value.message == str(from_python.value) == "Invalid token format"
 
 
 async def test_listings_agree_over_sessions_of_both_sides(
@@ -384,14 +386,18 @@ async def test_listings_agree_over_sessions_of_both_sides(
 
     for delta, expected_labels in (
         (600, ["alice-node-1", "alice-node-2", "alice-py", "carol-py-1", "carol-py-2"]),
-        (3600, ["alice-node-1", "alice-node-2", "alice-py", "bob-node", "carol-py-1", "carol-py-2"]),
+        (
+            3600,
+            ["alice-node-1", "alice-node-2", "alice-py", "bob-node", "carol-py-1", "carol-py-2"],
+        ),
     ):
         py = (await live_rs.soapp(app=APP, delta_time=delta))["sessions"]
         nd = (await node("soapp", app=APP, deltaTime=delta))["sessions"]
         # The same query on the same sorted set: the same order, ties included.
         assert labels(py) == labels(nd)
         assert sorted(labels(py)) == expected_labels
-        assert labels(py)[-1] == "bob-node" if delta == 3600 else "bob-node" not in labels(py)
+        if delta == 3600:
+            assert labels(py)[-1] == "bob-node", "the oldest session must come last"
         for p, n in zip(py, nd, strict=True):
             assert_same_session(p, n, reads_between=0, ticks=clock.ticks)
 
@@ -411,11 +417,11 @@ async def test_python_killsoid_and_node_killall(
     for n in range(2):
         await node("create", app=APP, id="dave", ip="10.0.0.4", ttl=TTL, d={"label": f"dave{n}"})
     await node("create", app=APP, id="erin", ip="10.0.0.5", ttl=TTL, d={"label": "erin"})
-    kept = await live_rs.create(app=APP, id="dave", ip="10.0.0.4", ttl=TTL, d={"label": "x"})
-    await live_rs.kill(app=APP, token=kept["token"])
+    await live_rs.create(app=APP, id="dave", ip="10.0.0.4", ttl=TTL, d={"label": "dave-py"})
 
-    assert len((await node("soid", app=APP, id="dave"))["sessions"]) == 2
-    assert await live_rs.killsoid(app=APP, id="dave") == {"kill": 2}
+    dave = (await node("soid", app=APP, id="dave"))["sessions"]
+    assert sorted(labels(dave)) == ["dave-py", "dave0", "dave1"]
+    assert await live_rs.killsoid(app=APP, id="dave") == {"kill": 3}
     assert await node("soid", app=APP, id="dave") == {"sessions": []}
     assert labels((await node("soid", app=APP, id="erin"))["sessions"]) == ["erin"]
     assert await node("activity", app=APP, deltaTime=600) == {"activity": 1}
@@ -475,3 +481,96 @@ async def test_no_resave_sessions_agree(
     for p, n in zip(py, nd, strict=True):
         assert p["no_resave"] is True
         assert_same_session(p, n, reads_between=0, ticks=clock.ticks)
+
+
+async def test_idle_and_expiry_agree_on_sessions_last_seen_long_ago(
+    live_rs: RedisSessions, node: NodeDriver, redis: Redis, namespace: str
+) -> None:
+    """Both sides derive idle, the remaining ttl and expiry from `la` the same way."""
+    await early_in_second()
+    clock = Clock()
+    tokens = {}
+    for label, no_resave in (("normal", False), ("no-resave", True), ("expired", False)):
+        created = await node(
+            "create", app=APP, id="old", ip="10.0.0.8", ttl=TTL, no_resave=no_resave,
+            d={"label": label},
+        )  # fmt: skip
+        tokens[label] = created["token"]
+    now = int(time.time())
+    # Last seen 100 s ago, and (the third) longer ago than its ttl.
+    await redis.hset(f"{namespace}:{APP}:{tokens['normal']}", "la", now - 100)
+    await redis.hset(f"{namespace}:{APP}:{tokens['no-resave']}", "la", now - 100)
+    await redis.hset(f"{namespace}:{APP}:{tokens['expired']}", "la", now - TTL - 400)
+
+    py = label_order((await live_rs.soid(app=APP, id="old"))["sessions"])
+    nd = label_order((await node("soid", app=APP, id="old"))["sessions"])
+    assert labels(py) == labels(nd) == ["no-resave", "normal"]
+    for p, n in zip(py, nd, strict=True):
+        assert_same_session(p, n, reads_between=0, ticks=clock.ticks)
+        assert 100 <= p["idle"] <= 100 + clock.ticks
+    no_resave, normal = py
+    assert TTL - 100 - clock.ticks <= no_resave["ttl"] <= TTL - 100
+    assert normal["ttl"] == TTL
+    py_app = (await live_rs.soapp(app=APP, delta_time=600))["sessions"]
+    node_app = (await node("soapp", app=APP, deltaTime=600))["sessions"]
+    assert sorted(labels(py_app)) == sorted(labels(node_app)) == ["no-resave", "normal"]
+
+    # A Python read of the no_resave session keeps its expiry; Node then agrees on it.
+    expiry_key = f"{namespace}:SESSIONS"
+    member = f"{APP}:{tokens['no-resave']}:old"
+    from_python = await live_rs.get(app=APP, token=tokens["no-resave"])
+    assert from_python is not None
+    score = await redis.zscore(expiry_key, member)
+    from_node = await node("get", app=APP, token=tokens["no-resave"])
+    assert from_node["no_resave"] is True and from_node["r"] == from_python["r"] + 1
+    assert from_node["idle"] <= clock.ticks
+    if clock.ticks == 0:
+        assert from_node["ttl"] == from_python["ttl"] == TTL - 100
+        assert score == now + TTL - 100
+        assert await redis.zscore(expiry_key, member) == score
+
+    # A Node read of the normal session resets idle for Python too.
+    from_node = await node("get", app=APP, token=tokens["normal"])
+    from_python = await live_rs.get(app=APP, token=tokens["normal"])
+    assert from_node["idle"] >= 100
+    assert from_python is not None and from_python["idle"] <= clock.ticks
+    assert from_python["ttl"] == from_node["ttl"] == TTL
+
+    # The expired session is gone for both, and killing it counts for neither.
+    assert await node("get", app=APP, token=tokens["expired"]) is None
+    assert await live_rs.get(app=APP, token=tokens["expired"]) is None
+    assert await node("kill", app=APP, token=tokens["expired"]) == {"kill": 0}
+    assert await live_rs.kill(app=APP, token=tokens["expired"]) == {"kill": 0}
+    assert not await redis.exists(f"{namespace}:{APP}:{tokens['expired']}")
+    assert await redis.smembers(f"{namespace}:{APP}:us:old") == {
+        tokens["normal"],
+        tokens["no-resave"],
+    }
+
+
+async def test_integral_floats_from_python_become_ints_once_node_rewrites_d(
+    live_rs: RedisSessions, node: NodeDriver
+) -> None:
+    """A known limit of sharing `d` with JavaScript, which has one number type.
+
+    Python stores 2.0 as `2.0` and reads it back as a float, also after Python's own
+    `set` (the merge keeps each value's text). Node reads it as the number 2 and, on
+    any `set`, writes the whole `d` again with JSON.stringify: `2`. From then on Python
+    reads an int. Values stay equal under == (2 == 2.0, 0 == -0.0); the types, and the
+    sign of a negative zero, do not survive.
+    """
+    data = {"whole": 2.0, "big": 1e16, "negative_zero": -0.0, "half": 0.5}
+    token = (await live_rs.create(app=APP, id="floats", ip="10.0.0.9", ttl=TTL, d=data))["token"]
+    await live_rs.set(app=APP, token=token, d={"by": "python"})
+    before = await live_rs.get(app=APP, token=token)
+    assert before is not None
+    assert typed(before["d"]) == typed({**data, "by": "python"})
+
+    as_node_sees_it = {"whole": 2, "big": 10**16, "negative_zero": 0, "half": 0.5, "by": "python"}
+    assert typed((await node("get", app=APP, token=token))["d"]) == typed(as_node_sees_it)
+
+    await node("set", app=APP, token=token, d={"by": "node"})
+    after = await live_rs.get(app=APP, token=token)
+    assert after is not None
+    assert typed(after["d"]) == typed({**as_node_sees_it, "by": "node"})
+    assert after["d"] == {**data, "by": "node"}  # equal values, different types

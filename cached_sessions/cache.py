@@ -1,0 +1,307 @@
+"""The per-process session cache: bounded, aged, and never ahead of what Redis knows.
+
+No I/O happens here. The store asks `hit()` first; on a miss it calls `fill()` with
+the coroutine that reads Redis. The subscriber (invalidation.py) reports what it
+hears: `invalidate()` for a message, `lost()` when the subscription may have missed
+messages, `confirmed()` when it is subscribed again.
+
+When an entry may be served (invariant 1 of the design brief):
+* the subscription was confirmed before its fetch started and has not been lost
+  since: every loss moves `_epoch`, and a fill made under another epoch is refused;
+* no invalidation for its token (nor a flush) arrived after the fetch started: the
+  in-flight fill is marked stale and its result is returned but not kept;
+* it is younger than `cachetime` (cachetools' TTLCache, least recently used first);
+* the expiry that Redis knows (`deadline`) is more than `guard` seconds away, where
+  `guard` covers the touch interval. A session near its end is read from Redis, whose
+  read also slides it, so a session in active use never expires because it was served
+  from here, and an expired one is never served.
+
+Hits are activity: each one is counted on its entry and listed in `dirty`, which the
+touch flusher (touch.py) drains in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from cachetools import TTLCache
+
+from .model import SessionDict
+
+__all__ = ["CachedEntry", "SessionCache"]
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[], Awaitable[SessionDict | None]]
+
+
+class CachedEntry:
+    """One cached session: its fields, the hits not yet written, and its deadline."""
+
+    __slots__ = (
+        "app", "data", "deadline", "id", "ip", "last_access", "no_resave", "pending", "r",
+        "token", "ttl", "w",
+    )  # fmt: skip
+
+    def __init__(self, app: str, token: str, session: SessionDict, started: float) -> None:
+        self.app = app
+        self.token = token
+        self.id = session["id"]
+        self.r = session["r"] + 1  # the fetch itself was a read
+        self.w = session["w"]
+        self.ip = session["ip"]
+        self.ttl = session["ttl"]  # remaining for no_resave, full otherwise
+        self.no_resave = session.get("no_resave", False)
+        self.data: dict[str, Any] | None = session.get("d")
+        self.last_access = started
+        # The fetch's own read moved Redis' expiry to (at least) this point.
+        self.deadline = started + self.ttl
+        self.pending = 0
+
+    def view(self, now: float) -> SessionDict:
+        """The dict a hit returns: a copy, so a caller's change never reaches the cache."""
+        session: SessionDict = {
+            "id": self.id,
+            "r": self.r,
+            "w": self.w,
+            "ttl": int(self.deadline - now) if self.no_resave else self.ttl,
+            "idle": int(now - self.last_access),
+            "ip": self.ip,
+        }
+        if self.data is not None:
+            session["d"] = self.data.copy()  # values are scalars: a shallow copy suffices
+        if self.no_resave:
+            session["no_resave"] = True
+        return session
+
+
+class _Fill:
+    """A fetch in flight; `stale` once its token was invalidated after it started."""
+
+    __slots__ = ("app", "epoch", "stale", "started", "task")
+
+    def __init__(self, app: str, epoch: int, started: float) -> None:
+        self.app = app
+        self.epoch = epoch
+        self.started = started
+        self.stale = False
+        self.task: asyncio.Task[SessionDict | None] | None = None
+
+
+class SessionCache:
+    """A TTL + LRU cache of sessions, guarded by the subscription state."""
+
+    def __init__(
+        self,
+        *,
+        maxsize: int,
+        ttl: float,
+        guard: float,
+        timer: Callable[[], float],
+    ) -> None:
+        self._entries: TTLCache[str, CachedEntry] = TTLCache(maxsize, ttl, timer=timer)
+        self._guard: Final = guard
+        self._fills: dict[str, _Fill] = {}
+        # None while the subscription is not confirmed: the cache is bypassed.
+        self._epoch: int | None = None
+        self._epochs = 0
+        self.dirty: dict[str, CachedEntry] = {}
+        self.hits = 0
+        self.misses = 0
+        self.bypassed = 0
+        self.coalesced = 0
+        self.fills = 0
+        self.fills_refused = 0
+        self.invalidations = 0
+        self.local_drops = 0
+        self.touches_flushed = 0
+        self.touch_errors = 0
+        self.flushes: Counter[str] = Counter()
+
+    @property
+    def timer(self) -> Any:
+        return self._entries.timer
+
+    @property
+    def usable(self) -> bool:
+        return self._epoch is not None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, token: object) -> bool:
+        # Looks without counting a hit or moving the entry in the LRU order.
+        return isinstance(token, str) and token in self._entries
+
+    # The hot path
+
+    def hit(self, app: str, token: str) -> SessionDict | None:
+        """The cached session, or None to go to Redis. No I/O, no await."""
+        if self._epoch is None or type(token) is not str:
+            return None
+        with self._entries.timer as now:
+            entry = self._entries.get(token)
+            if entry is None or entry.app != app or now + self._guard >= entry.deadline:
+                return None
+            entry.pending += 1
+            session = entry.view(now)
+            entry.r += 1
+            entry.last_access = now
+        self.dirty[token] = entry
+        self.hits += 1
+        return session
+
+    # Misses
+
+    async def fill(self, app: str, token: str, fetch: Fetch) -> SessionDict | None:
+        """Read through: one fetch per token at a time, kept only if still valid."""
+        epoch = self._epoch
+        if epoch is None:
+            self.bypassed += 1
+            return await fetch()
+        fill = self._fills.get(token)
+        if fill is not None and fill.app == app:
+            self.coalesced += 1
+            session = await asyncio.shield(self._task(fill))
+            if session is not None:
+                self._count_joined_read(app, token, session)
+            return _copy(session)
+        self.misses += 1
+        fill = _Fill(app, epoch, self._entries.timer())
+        fill.task = asyncio.create_task(self._fill(fill, token, fetch), name="cached-sessions fill")
+        self._fills[token] = fill
+        return _copy(await asyncio.shield(fill.task))
+
+    async def _fill(self, fill: _Fill, token: str, fetch: Fetch) -> SessionDict | None:
+        try:
+            session = await fetch()
+        finally:
+            if self._fills.get(token) is fill:
+                del self._fills[token]
+        if session is None:
+            return None
+        if fill.stale or fill.epoch != self._epoch:
+            self.fills_refused += 1
+            return session
+        self._entries[token] = CachedEntry(fill.app, token, session, fill.started)
+        self.fills += 1
+        return session
+
+    def _count_joined_read(self, app: str, token: str, session: SessionDict) -> None:
+        # A read that shared another's fetch is still a read: count it like a hit.
+        entry = self._entries.get(token)
+        if entry is not None:
+            entry.r += 1
+        else:
+            entry = self.dirty.get(token) or CachedEntry(app, token, session, self._entries.timer())
+        entry.pending += 1
+        self.dirty[token] = entry
+
+    @staticmethod
+    def _task(fill: _Fill) -> asyncio.Task[SessionDict | None]:
+        assert fill.task is not None
+        return fill.task
+
+    # What the subscriber and the writers report
+
+    def invalidate(self, app: str, token: str) -> None:
+        """Another process (or this one) changed or removed the session."""
+        self.invalidations += 1
+        self._forget(token)
+
+    def drop(self, token: str) -> None:
+        """This process wrote the session: read-your-writes from here on."""
+        self.local_drops += 1
+        self._forget(token)
+
+    def drop_where(self, app: str, id: str | None = None) -> None:
+        """This process killed every session of an app, or of one id in it."""
+        with self._entries.timer:
+            doomed = [
+                token
+                for token, entry in self._entries.items()
+                if entry.app == app and (id is None or entry.id == id)
+            ]
+        for token in doomed:
+            self.drop(token)
+        # The id of a session still in flight is unknown: refuse every fill of the app.
+        for token in [t for t, fill in self._fills.items() if fill.app == app]:
+            self._fills.pop(token).stale = True
+
+    def _forget(self, token: str) -> None:
+        self._entries.pop(token, None)
+        fill = self._fills.pop(token, None)
+        if fill is not None:
+            fill.stale = True
+
+    def lost(self, reason: str) -> None:
+        """The subscription may have missed messages: forget everything, bypass."""
+        self.flush(reason)
+        self._epoch = None
+
+    def confirmed(self) -> None:
+        """Subscribed (again): fills from now on may be kept."""
+        # lost() already emptied the cache, and nothing is kept while bypassed.
+        self._epochs += 1
+        self._epoch = self._epochs
+
+    def flush(self, reason: str) -> None:
+        self.flushes[reason] += 1
+        self._entries.clear()
+        for fill in self._fills.values():
+            fill.stale = True
+        self._fills.clear()
+        log.info("session cache flushed (%s)", reason)
+
+    # Touches
+
+    def take_dirty(self) -> list[tuple[CachedEntry, int, float]]:
+        """The hits to write: (entry, reads, timer value of the last read)."""
+        batch = [(entry, entry.pending, entry.last_access) for entry in self.dirty.values()]
+        self.dirty = {}
+        for entry, _, _ in batch:
+            entry.pending = 0
+        return batch
+
+    def touched(self, entry: CachedEntry, last_access: float) -> None:
+        """Redis now knows of reads up to `last_access`: the deadline moves."""
+        if not entry.no_resave:
+            entry.deadline = max(entry.deadline, last_access + entry.ttl)
+
+    def untouched(self, entry: CachedEntry, reads: int) -> None:
+        """A touch could not be written: keep its reads for the next batch."""
+        entry.pending += reads
+        self.dirty.setdefault(entry.token, entry)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "enabled": True,
+            "subscribed": self._epoch is not None,
+            "entries": len(self._entries),
+            "hits": self.hits,
+            "misses": self.misses,
+            "bypassed": self.bypassed,
+            "coalesced": self.coalesced,
+            "fills": self.fills,
+            "fills_refused": self.fills_refused,
+            "invalidations": self.invalidations,
+            "local_drops": self.local_drops,
+            "flushes": sum(self.flushes.values()),
+            "flush_reasons": dict(self.flushes),
+            "touches_pending": len(self.dirty),
+            "touches_flushed": self.touches_flushed,
+            "touch_errors": self.touch_errors,
+        }
+
+
+def _copy(session: SessionDict | None) -> SessionDict | None:
+    if session is None:
+        return None
+    copied = session.copy()
+    if "d" in session:
+        copied["d"] = session["d"].copy()
+    return copied

@@ -43,7 +43,9 @@ def session_from_reply(raw: Sequence[Any]) -> SessionDict:
         try:
             session["d"] = json.loads(data)
         except ValueError as error:
-            raise StoredDataError(f"session of id {session['id']!r} holds d that is not JSON") from error
+            raise StoredDataError(
+                f"session of id {session['id']!r} holds d that is not JSON"
+            ) from error
     if int(no_resave):
         session["no_resave"] = True
     return session

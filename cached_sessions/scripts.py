@@ -14,13 +14,16 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from .keys import KeyLayout
 
 __all__ = ["OPERATIONS", "Scripts", "script_source"]
 
-OPERATIONS = ("create", "get", "set", "kill", "killall", "killsoid", "soid", "soapp", "wipe")
+OPERATIONS = (
+    "create", "get", "set", "kill", "killall", "killsoid", "soid", "soapp", "wipe", "touch",
+)  # fmt: skip
 
 
 @cache
@@ -47,3 +50,14 @@ class Scripts:
     async def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self._scripts[operation]
         return await script(keys=list(keys), args=[*self.templates, *args])
+
+    def queue(
+        self, pipe: Pipeline, operation: str, keys: Sequence[str], args: Sequence[Any]
+    ) -> None:
+        """Add one call to a pipeline as a bare EVALSHA (no per-batch SCRIPT EXISTS)."""
+        sha = self._scripts[operation].sha
+        pipe.evalsha(sha, len(keys), *keys, *self.templates, *args)
+
+    async def load(self, client: Redis, operation: str) -> None:
+        """Load a script after NOSCRIPT, for pipelines (run() does this by itself)."""
+        await client.script_load(self._scripts[operation].script)

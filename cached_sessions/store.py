@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from functools import partial
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,14 +22,18 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
+from .cache import SessionCache
 from .embedded import EmbeddedServer
 from .errors import InvalidValueError, SessionsClosedError, StoredDataError
-from .model import SessionDict, session_from_reply
+from .invalidation import Subscriber
 from .keys import KeyLayout
+from .model import SessionDict, session_from_reply
 from .scripts import Scripts
 from .tokens import new_token
+from .touch import TouchFlusher
 from .validation import (
     MAX_DATA_BYTES,
+    MIN_TTL,
     encode_create_data,
     encode_data_patch,
     validate_app,
@@ -45,6 +51,20 @@ log = logging.getLogger(__name__)
 
 MIN_WIPE_INTERVAL = 10
 DEFAULT_BATCH = 500
+DEFAULT_TOUCH_INTERVAL = 2.0
+DEFAULT_PING_INTERVAL = 1.0
+MIN_PING_TIMEOUT = 0.5
+TOUCH_MARGIN = 1.0
+CLOSE_FLUSH_TIMEOUT = 2.0
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds"
+        )
+    return float(value)  # type: ignore[arg-type]
 
 
 def _redacted(url: str) -> str:
@@ -65,6 +85,12 @@ class RedisSessions:
 
     `clock` returns unix seconds; every operation reads it once. All processes that
     share a Redis must agree on the time (NTP), as with redis-sessions.
+
+    With `cachetime > 0`, `get` reads through a local cache of at most `cachemax`
+    sessions, each kept at most `cachetime` seconds, and dropped as soon as any process
+    writes or kills it (see cache.py for the exact rules). Reads served from the cache
+    are written back every `touch_interval` seconds; `ping_interval` is how often the
+    subscriber checks its connection. `timer` is the cache's monotonic clock.
     """
 
     def __init__(
@@ -79,14 +105,22 @@ class RedisSessions:
         clock: Callable[[], float] = time.time,
         batch: int = DEFAULT_BATCH,
         max_connections: int = 64,
+        touch_interval: float = DEFAULT_TOUCH_INTERVAL,
+        ping_interval: float = DEFAULT_PING_INTERVAL,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if redis is not None and url is not None:
             raise ValueError("pass either redis= or url=, not both")
         if not isinstance(wipe, int) or isinstance(wipe, bool) or wipe < 0:
             raise ValueError("wipe must be 0 (off) or a number of seconds")
-        if cachetime != 0:
-            raise ValueError("cachetime > 0 needs the local cache, which is not built yet")
-        if not isinstance(cachemax, int) or cachemax < 1:
+        cachetime = _seconds("cachetime", cachetime, allow_zero=True)
+        touch_interval = _seconds("touch_interval", touch_interval)
+        self._ping_interval = _seconds("ping_interval", ping_interval)
+        if touch_interval > MIN_TTL / 2:
+            raise ValueError(
+                f"touch_interval must be at most {MIN_TTL / 2} s (half the shortest ttl)"
+            )
+        if not isinstance(cachemax, int) or isinstance(cachemax, bool) or cachemax < 1:
             raise ValueError("cachemax must be a positive integer")
         if not isinstance(batch, int) or batch < 1:
             raise ValueError("batch must be a positive integer")
@@ -100,7 +134,16 @@ class RedisSessions:
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
         self._embedded: EmbeddedServer | None = None
-        self._wipe_task: asyncio.Task[None] | None = None
+        self._touch_interval = touch_interval
+        self._cache: SessionCache | None = None
+        if cachetime > 0:
+            # A hit needs the touch interval plus a margin of Redis-side life left,
+            # so that the touch lands before Redis could see the session expire.
+            guard = touch_interval + TOUCH_MARGIN
+            self._cache = SessionCache(maxsize=cachemax, ttl=cachetime, guard=guard, timer=timer)
+        self._subscriber: Subscriber | None = None
+        self._flusher: TouchFlusher | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._start_lock = asyncio.Lock()
         self._closed = False
 
@@ -128,13 +171,20 @@ class RedisSessions:
 
     # Lifecycle
 
-    async def start(self) -> RedisSessions:
-        """Connect (starting the embedded server when needed) and start the wiper.
+    async def start(self, subscribe_timeout: float = 2.0) -> RedisSessions:
+        """Connect (starting the embedded server when needed) and start the tasks.
 
         Operations call this on first use, so calling it is optional; doing it at
-        startup moves the connection cost (and its errors) out of the first request.
+        startup moves the connection cost (and its errors) out of the first request,
+        and waits up to `subscribe_timeout` for the cache's subscription, so the
+        cache serves from the first request on.
         """
         await self._ready()
+        if self._subscriber is not None:
+            try:
+                await asyncio.wait_for(self._subscriber.confirmed.wait(), subscribe_timeout)
+            except TimeoutError:
+                log.warning("cache subscription not confirmed yet; reading from Redis meanwhile")
         return self
 
     async def __aenter__(self) -> RedisSessions:
@@ -149,12 +199,21 @@ class RedisSessions:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the wiper, close what this object opened; safe to call twice."""
+        """Write pending touches, stop the tasks, close what this object opened.
+
+        Safe to call twice.
+        """
+        if self._flusher is not None and not self._closed:
+            try:
+                await asyncio.wait_for(self._flusher.flush(), CLOSE_FLUSH_TIMEOUT)
+            except Exception as error:
+                log.warning("could not write the last cached reads on close (%s)", error)
         self._closed = True
         self._scripts = None
-        task, self._wipe_task = self._wipe_task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         client, self._redis = self._redis, None
@@ -174,12 +233,33 @@ class RedisSessions:
             if self._scripts is None:
                 client = self._given or await self._connect()
                 self._redis = client
-                self._scripts = Scripts.bind(client, self._layout)
-                if self._wipe_interval:
-                    self._wipe_task = asyncio.create_task(
-                        self._wipe_loop(), name=f"cached-sessions wipe ({self._layout.namespace})"
-                    )
+                scripts = Scripts.bind(client, self._layout)
+                self._start_tasks(client, scripts)
+                self._scripts = scripts
             return self._scripts
+
+    def _start_tasks(self, client: Redis, scripts: Scripts) -> None:
+        namespace = self._layout.namespace
+        if self._wipe_interval:
+            self._spawn(self._wipe_loop(), f"cached-sessions wipe ({namespace})")
+        cache = self._cache
+        if cache is None:
+            return
+        self._subscriber = Subscriber(
+            client,
+            self._layout.channel(),
+            cache,
+            ping_interval=self._ping_interval,
+            ping_timeout=max(self._ping_interval, MIN_PING_TIMEOUT),
+        )
+        self._spawn(self._subscriber.run(), f"cached-sessions subscriber ({namespace})")
+        self._flusher = TouchFlusher(
+            client, scripts, self._layout, cache, interval=self._touch_interval, clock=self._clock
+        )
+        self._spawn(self._flusher.run(), f"cached-sessions touches ({namespace})")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=name))
 
     async def _connect(self) -> Redis:
         url = self._url
@@ -233,8 +313,19 @@ class RedisSessions:
 
         Counts as activity: `r` grows by one and the expiry slides (unless no_resave).
         """
+        cache = self._cache
+        if cache is not None:
+            # Only validated tokens are ever cached, so a hit needs no validation.
+            session = cache.hit(app, token)
+            if session is not None:
+                return session
         app, token = validate_app(app), validate_token(token)
         scripts = await self._ready()
+        if cache is not None:
+            return await cache.fill(app, token, partial(self._fetch, scripts, app, token))
+        return await self._fetch(scripts, app, token)
+
+    async def _fetch(self, scripts: Scripts, app: str, token: str) -> SessionDict | None:
         raw = await scripts.run("get", self._session_keys(app, token), [self._now(), app, token])
         return None if raw is None else session_from_reply(raw)
 
@@ -250,14 +341,20 @@ class RedisSessions:
             raw = await scripts.run("set", self._session_keys(app, token), args)
         except ResponseError as error:
             raise self._set_error(error) from None
+        finally:
+            # Also when the reply was lost: the write may have happened.
+            self._drop(token)
         return None if raw is None else session_from_reply(raw)
 
     async def kill(self, *, app: str, token: str) -> dict[str, int]:
         app, token = validate_app(app), validate_token(token)
         scripts = await self._ready()
-        killed = await scripts.run(
-            "kill", self._session_keys(app, token), [self._now(), app, token]
-        )
+        try:
+            killed = await scripts.run(
+                "kill", self._session_keys(app, token), [self._now(), app, token]
+            )
+        finally:
+            self._drop(token)
         return {"kill": int(killed)}
 
     async def killall(self, *, app: str) -> dict[str, int]:
@@ -266,9 +363,13 @@ class RedisSessions:
         scripts = await self._ready()
         keys = [self._layout.app_sessions(app), self._layout.app_users(app)]
         total, more = 0, 1
-        while more:
-            killed, more = await scripts.run("killall", keys, [self._now(), app, self._batch])
-            total += int(killed)
+        try:
+            while more:
+                killed, more = await scripts.run("killall", keys, [self._now(), app, self._batch])
+                total += int(killed)
+        finally:
+            if self._cache is not None:
+                self._cache.drop_where(app)
         return {"kill": total}
 
     async def killsoid(self, *, app: str, id: str) -> dict[str, int]:
@@ -276,7 +377,11 @@ class RedisSessions:
         app, id = validate_app(app), validate_id(id)
         scripts = await self._ready()
         keys = [self._layout.user_tokens(app, id), *self._app_keys(app)]
-        killed = await scripts.run("killsoid", keys, [self._now(), app, id])
+        try:
+            killed = await scripts.run("killsoid", keys, [self._now(), app, id])
+        finally:
+            if self._cache is not None:
+                self._cache.drop_where(app, id)
         return {"kill": int(killed)}
 
     async def soid(self, *, app: str, id: str) -> dict[str, list[SessionDict]]:
@@ -318,7 +423,23 @@ class RedisSessions:
             total += int(removed)
         return total
 
+    def cache_stats(self) -> dict[str, Any]:
+        """Counters of the local cache (all zero-cost to read); `enabled` False without one."""
+        if self._cache is None:
+            return {"enabled": False}
+        return self._cache.stats()
+
+    async def flush_touches(self) -> int:
+        """Write the reads served from the cache now instead of at the next interval."""
+        if self._flusher is None:
+            return 0
+        return await self._flusher.flush()
+
     # Helpers
+
+    def _drop(self, token: str) -> None:
+        if self._cache is not None:
+            self._cache.drop(token)
 
     def _app_keys(self, app: str) -> list[str]:
         layout = self._layout

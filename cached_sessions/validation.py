@@ -6,7 +6,9 @@ three deliberate differences, each because the original loses data or time:
 * `id` is checked by length and a character class, in linear time; the original's
   pattern backtracks catastrophically on long input.
 * integers in `d` must be exact in a JavaScript number (|n| <= 2**53 - 1), and floats
-  finite, so a value written by Python reads back unchanged in Node and in Python.
+  finite, so every value written by Python reads back equal in Node and in Python.
+  (JSON has one number type: once Node rewrites `d`, a whole float such as 2.0 comes
+  back as the int 2, equal but of another type.)
 * the serialized `d` is bounded (`MAX_DATA_BYTES`), so one session cannot grow
   without limit; the bound is checked again on the merged result inside the script.
 """

@@ -500,8 +500,8 @@ async def test_aclose_closes_every_connection_and_task(
     before = await connections(redis)
     rs = RedisSessions(url=server.url, namespace=namespace, wipe=10)
     await asyncio.gather(*(new(rs, f"u{i}") for i in range(20)))
-    task = rs._wipe_task
-    assert task is not None and task.get_name().startswith("cached-sessions wipe")
+    (task,) = rs._tasks
+    assert task.get_name().startswith("cached-sessions wipe")
     assert await connections(redis) > before
     await rs.aclose()
     assert task.cancelled()

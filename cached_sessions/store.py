@@ -429,6 +429,10 @@ class RedisSessions:
             return {"enabled": False}
         return self._cache.stats()
 
+    def is_cached(self, token: str) -> bool:
+        """Whether this process holds the session in its cache (no hit is counted)."""
+        return self._cache is not None and token in self._cache
+
     async def flush_touches(self) -> int:
         """Write the reads served from the cache now instead of at the next interval."""
         if self._flusher is None:

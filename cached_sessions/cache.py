@@ -6,10 +6,10 @@ hears: `invalidate()` for a message, `lost()` when the subscription may have mis
 messages, `confirmed()` when it is subscribed again.
 
 When an entry may be served (invariant 1 of the design brief):
-* the subscription was confirmed before its fetch started and has not been lost
-  since: every loss moves `_epoch`, and a fill made under another epoch is refused;
-* no invalidation for its token (nor a flush) arrived after the fetch started: the
-  in-flight fill is marked stale and its result is returned but not kept;
+* the subscription was confirmed before its fetch started (no fill is even tracked
+  while it is not), and no invalidation for its token, nor a flush, arrived after the
+  fetch started: either marks the in-flight fill stale, and a stale fill's result is
+  returned to its callers but not kept;
 * it is younger than `cachetime` (cachetools' TTLCache, least recently used first);
 * the expiry that Redis knows (`deadline`) is more than `guard` seconds away, where
   `guard` covers the touch interval. A session near its end is read from Redis, whose
@@ -82,11 +82,10 @@ class CachedEntry:
 class _Fill:
     """A fetch in flight; `stale` once its token was invalidated after it started."""
 
-    __slots__ = ("app", "epoch", "stale", "started", "task")
+    __slots__ = ("app", "stale", "started", "task")
 
-    def __init__(self, app: str, epoch: int, started: float) -> None:
+    def __init__(self, app: str, started: float) -> None:
         self.app = app
-        self.epoch = epoch
         self.started = started
         self.stale = False
         self.task: asyncio.Task[SessionDict | None] | None = None
@@ -106,9 +105,8 @@ class SessionCache:
         self._entries: TTLCache[str, CachedEntry] = TTLCache(maxsize, ttl, timer=timer)
         self._guard: Final = guard
         self._fills: dict[str, _Fill] = {}
-        # None while the subscription is not confirmed: the cache is bypassed.
-        self._epoch: int | None = None
-        self._epochs = 0
+        # False while the subscription is not confirmed: the cache is bypassed.
+        self._subscribed = False
         self.dirty: dict[str, CachedEntry] = {}
         self.hits = 0
         self.misses = 0
@@ -126,10 +124,6 @@ class SessionCache:
     def timer(self) -> Any:
         return self._entries.timer
 
-    @property
-    def usable(self) -> bool:
-        return self._epoch is not None
-
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -141,7 +135,7 @@ class SessionCache:
 
     def hit(self, app: str, token: str) -> SessionDict | None:
         """The cached session, or None to go to Redis. No I/O, no await."""
-        if self._epoch is None or type(token) is not str:
+        if not self._subscribed or type(token) is not str:
             return None
         with self._entries.timer as now:
             entry = self._entries.get(token)
@@ -159,8 +153,7 @@ class SessionCache:
 
     async def fill(self, app: str, token: str, fetch: Fetch) -> SessionDict | None:
         """Read through: one fetch per token at a time, kept only if still valid."""
-        epoch = self._epoch
-        if epoch is None:
+        if not self._subscribed:
             self.bypassed += 1
             return await fetch()
         fill = self._fills.get(token)
@@ -171,7 +164,7 @@ class SessionCache:
                 self._count_joined_read(app, token, session)
             return _copy(session)
         self.misses += 1
-        fill = _Fill(app, epoch, self._entries.timer())
+        fill = _Fill(app, self._entries.timer())
         fill.task = asyncio.create_task(self._fill(fill, token, fetch), name="cached-sessions fill")
         self._fills[token] = fill
         return _copy(await asyncio.shield(fill.task))
@@ -184,7 +177,7 @@ class SessionCache:
                 del self._fills[token]
         if session is None:
             return None
-        if fill.stale or fill.epoch != self._epoch:
+        if fill.stale:
             self.fills_refused += 1
             return session
         self._entries[token] = CachedEntry(fill.app, token, session, fill.started)
@@ -241,13 +234,13 @@ class SessionCache:
     def lost(self, reason: str) -> None:
         """The subscription may have missed messages: forget everything, bypass."""
         self.flush(reason)
-        self._epoch = None
+        self._subscribed = False
 
     def confirmed(self) -> None:
         """Subscribed (again): fills from now on may be kept."""
-        # lost() already emptied the cache, and nothing is kept while bypassed.
-        self._epochs += 1
-        self._epoch = self._epochs
+        # lost() already emptied the cache and made every fill in flight stale, and
+        # nothing is kept while bypassed: whatever is cached from now on is fresh.
+        self._subscribed = True
 
     def flush(self, reason: str) -> None:
         self.flushes[reason] += 1
@@ -280,7 +273,7 @@ class SessionCache:
     def stats(self) -> dict[str, Any]:
         return {
             "enabled": True,
-            "subscribed": self._epoch is not None,
+            "subscribed": self._subscribed,
             "entries": len(self._entries),
             "hits": self.hits,
             "misses": self.misses,

@@ -50,7 +50,7 @@ __all__ = ["RedisSessions", "SessionDict"]
 log = logging.getLogger(__name__)
 
 MIN_WIPE_INTERVAL = 10
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = 100
 DEFAULT_TOUCH_INTERVAL = 2.0
 DEFAULT_PING_INTERVAL = 1.0
 MIN_PING_TIMEOUT = 0.5

@@ -108,23 +108,26 @@ class Subscriber:
             last_ping = loop.time()
             ping_sent: float | None = None
             while True:
-                message = await pubsub.get_message(timeout=self._ping_interval)
+                # Raw replies: redis-py's message parsing misreads a PONG as a message.
+                reply = await pubsub.parse_response(block=False, timeout=self._ping_interval)
                 now = loop.time()
-                if message is not None:
-                    kind = message["type"]
+                if isinstance(reply, str | bytes):
+                    ping_sent = None  # the only plain reply here answers our PING
+                elif reply is not None:
+                    kind = _text(reply[0]).lower()
                     if kind == "message":
-                        self._invalidate(message["data"])
+                        self._invalidate(_text(reply[2]))
                     elif kind == "pong":
                         ping_sent = None
-                    elif kind == "subscribe":
-                        if confirmed:
-                            raise SubscriptionLost("reconnect")
+                    elif kind == "subscribe" and not confirmed:
                         confirmed = True
                         self._cache.confirmed()
                         self.confirmed.set()
                         log.info("session cache subscribed to %s", self._channel)
+                    elif kind == "subscribe":
+                        raise SubscriptionLost("reconnect")
                     else:
-                        raise SubscriptionLost("unsubscribed")
+                        raise SubscriptionLost("unsubscribed" if "unsubscribe" in kind else "error")
                 if ping_sent is not None and now - ping_sent > self._ping_timeout:
                     raise SubscriptionLost("missed_pong")
                 if ping_sent is None and now - last_ping >= self._ping_interval:
@@ -139,6 +142,10 @@ class Subscriber:
             # Which session it meant is unknown, so none of them can be trusted.
             log.warning("malformed message on %s; cache flushed", self._channel)
             self._cache.flush("malformed_message")
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _detail(error: BaseException | None) -> str:

@@ -395,3 +395,13 @@ def test_bad_cache_settings_are_refused(options: dict[str, Any], message: str) -
     with pytest.raises(ValueError) as caught:
         RedisSessions(url="redis://127.0.0.1:1/0", **options)
     assert str(caught.value) == message
+
+
+async def test_health_pings_keep_a_quiet_subscription(store: Store) -> None:
+    rs = await store(ping_interval=0.05)
+    token = await new(rs)
+    await rs.get(app=APP, token=token)
+    await asyncio.sleep(0.5)  # ten health pings, each answered
+    stats = rs.cache_stats()
+    assert (stats["subscribed"], stats["flushes"]) == (True, 0)
+    assert rs.is_cached(token)

@@ -8,24 +8,31 @@ Sessions live for an hour and nothing sleeps for expiry, so the real wall clock 
 safe. Both sides compute `idle` (and a no_resave session's remaining `ttl`) from whole
 seconds of that clock, so each comparison allows as many seconds of difference as
 actually ticked by while it ran; usually none, and then the values must be equal.
+
+The last tests share invalidations between the two caches: a Node driver started with
+a `cachetime` subscribes to `<namespace>:cache` (before it answers anything) and
+publishes its writes there, as a Python store does. Only the test of a Node writer
+without a cachetime sleeps, for its short-lived Python cache entries to age out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from cached_sessions import InvalidFormatError, RedisSessions
+from cached_sessions import InvalidFormatError, RedisSessions, SessionDict
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.interop
@@ -37,6 +44,11 @@ IO_TIMEOUT = 10.0
 APP = "interop"
 TTL = 3600
 NODE_TOKEN = re.compile(r"[A-Za-z0-9]{64}")  # redis-sessions' own token rule
+# Cache lifetime on both sides in the invalidation tests: far longer than a test, so
+# an entry that goes away was dropped by a message, never by age.
+CACHETIME = 30
+INVALIDATION_BOUND = 2.0  # seconds a published write may take to empty a cache
+POLL_STEP = 0.002
 
 # Flat data with every kind of value both sides allow.
 NODE_DATA: dict[str, Any] = {
@@ -139,12 +151,16 @@ class NodeDriver:
         assert code == 0, f"the node driver exited with {code}:\n{self._stderr()}"
 
 
-@pytest.fixture
-async def node(
-    node_package: Path, server: ServerProcess, namespace: str, tmp_path: Path
+@contextlib.asynccontextmanager
+async def running_node(
+    node_package: Path,
+    server: ServerProcess,
+    namespace: str,
+    stderr_path: Path,
+    cachetime: float = 0,
 ) -> AsyncIterator[NodeDriver]:
-    """redis-sessions on the test server, in the test's namespace (wiper off)."""
-    stderr_path = tmp_path / "driver.stderr"
+    """A driver process, wiper off; with `cachetime`, subscribed before it answers."""
+    extra = [str(cachetime)] if cachetime else []
     with stderr_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
             shutil.which("node") or "node",
@@ -152,6 +168,7 @@ async def node(
             str(node_package),
             str(server.port),
             namespace,
+            *extra,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
@@ -164,6 +181,40 @@ async def node(
     finally:
         if process.returncode is None:
             await driver.close()
+
+
+@pytest.fixture
+async def node(
+    node_package: Path, server: ServerProcess, namespace: str, tmp_path: Path
+) -> AsyncIterator[NodeDriver]:
+    """redis-sessions on the test server, in the test's namespace (wiper and cache off)."""
+    async with running_node(node_package, server, namespace, tmp_path / "driver.stderr") as driver:
+        assert await driver("driver") == {"cachetime": 0, "cache": False, "subscribed": False}
+        yield driver
+
+
+@pytest.fixture
+async def cached_node(
+    node_package: Path, server: ServerProcess, namespace: str, tmp_path: Path
+) -> AsyncIterator[NodeDriver]:
+    """redis-sessions with `cachetime=CACHETIME`: it caches `get`, listens on
+    `<namespace>:cache` (subscribed before the first answer) and publishes its writes."""
+    stderr_path = tmp_path / "cached-driver.stderr"
+    async with running_node(
+        node_package, server, namespace, stderr_path, cachetime=CACHETIME
+    ) as driver:
+        info = await driver("driver")
+        assert info == {"cachetime": CACHETIME, "cache": True, "subscribed": True}
+        yield driver
+
+
+@pytest.fixture
+async def cached_rs(server: ServerProcess, namespace: str) -> AsyncIterator[RedisSessions]:
+    """A Python store with a cache of `CACHETIME` s, subscribed (start() waits for it)."""
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=CACHETIME)
+    async with store:
+        assert store.cache_stats()["subscribed"] is True
+        yield store
 
 
 # Helpers
@@ -243,6 +294,116 @@ def labels(sessions: list[dict[str, Any]]) -> list[str]:
 
 async def keys_in(redis: Redis, namespace: str) -> list[str]:
     return sorted([key async for key in redis.scan_iter(match=f"{namespace}:*")])
+
+
+async def subscribers(redis: Redis, namespace: str) -> int:
+    """How many connections listen on the channel that both libraries invalidate on."""
+    channel = f"{namespace}:cache"
+    [(name, count)] = await redis.pubsub_numsub(channel)
+    assert name == channel
+    return int(count)
+
+
+async def waited(
+    done: Callable[[], bool | Awaitable[bool]],
+    *,
+    since: float,
+    what: str,
+    bound: float = INVALIDATION_BOUND,
+) -> float:
+    """Seconds from `since` (a perf_counter value) until a check of `done()` held; fails
+    after `bound` s. `done` is checked at once, then every POLL_STEP.
+
+    An upper bound: when the first check already holds, the change happened at some
+    point before that check answered (for Node, a round trip through the driver).
+    """
+    while True:
+        result = done()
+        if inspect.isawaitable(result):
+            result = await result
+        elapsed = time.perf_counter() - since
+        if result:
+            return elapsed
+        if elapsed > bound:
+            pytest.fail(f"{what}: still not done after {bound} s")
+        await asyncio.sleep(POLL_STEP)
+
+
+class Delays:
+    """Invalidation delays measured by a test, reported in its output and junit XML."""
+
+    def __init__(self, record_property: Callable[[str, object], None]) -> None:
+        self.record_property = record_property
+        self.seen: dict[str, float] = {}
+
+    def add(self, what: str, seconds: float, *, heard: float | None = None) -> None:
+        """`seconds`: from the write's return until a check saw the entry gone (an upper
+        bound, see `waited`); `heard`: from the write's return until Node's subscriber
+        got the message (negative when it got it first)."""
+        self.seen[what] = seconds
+        self.record_property(f"delay_ms {what}", round(seconds * 1000, 3))
+        line = f"invalidation delay: {what}: gone at a check {seconds * 1000:.2f} ms after"
+        if heard is not None:
+            self.record_property(f"heard_ms {what}", round(heard * 1000, 3))
+            line += f"; Node heard it {heard * 1000:+.2f} ms after"
+        print(line + " the write returned")
+
+
+@pytest.fixture
+def delays(record_property: Callable[[str, object], None]) -> Delays:
+    return Delays(record_property)
+
+
+async def cache_in_python(rs: RedisSessions, token: str) -> SessionDict:
+    """Reads the session twice through Python's cache; proves the second was a hit."""
+    first = await rs.get(app=APP, token=token)
+    assert first is not None
+    hits = rs.cache_stats()["hits"]
+    second = await rs.get(app=APP, token=token)
+    assert rs.cache_stats()["hits"] == hits + 1, "the second Python get was not a hit"
+    assert rs.is_cached(token)
+    assert second is not None and second["r"] == first["r"] + 1
+    assert typed(second["d"]) == typed(first["d"])
+    return second
+
+
+async def cache_in_node(node: NodeDriver, token: str) -> dict[str, Any]:
+    """Reads the session twice through Node's cache; the second answer is the very
+    object Node cached (same r and idle), so it came from the cache, not from Redis."""
+    first: dict[str, Any] = await node("get", app=APP, token=token)
+    assert first is not None
+    assert await node("cached", app=APP, token=token) is True
+    second = await node("get", app=APP, token=token)
+    assert second == first
+    return first
+
+
+async def python_drops(rs: RedisSessions, tokens: list[str], what: str, since: float) -> float:
+    return await waited(
+        lambda: not any(rs.is_cached(token) for token in tokens),
+        since=since,
+        what=f"Python's cache to drop the session(s) after {what}",
+    )
+
+
+async def node_drops(node: NodeDriver, tokens: list[str], what: str, since: float) -> float:
+    async def dropped() -> bool:
+        for token in tokens:
+            if await node("cached", app=APP, token=token):
+                return False
+        return True
+
+    return await waited(
+        dropped, since=since, what=f"Node's cache to drop the session(s) after {what}"
+    )
+
+
+async def node_heard(node: NodeDriver, tokens: list[str], since_wall: float) -> float:
+    """Seconds from `since_wall` (unix time) until Node's subscriber had heard about
+    every one of `tokens`; both processes read the same wall clock."""
+    times: list[float | None] = [await node("heard", app=APP, token=token) for token in tokens]
+    assert None not in times, "Node's subscriber never heard of some session"
+    return max(t for t in times if t is not None) / 1000 - since_wall
 
 
 # Tests
@@ -574,3 +735,227 @@ async def test_integral_floats_from_python_become_ints_once_node_rewrites_d(
     assert after is not None
     assert typed(after["d"]) == typed({**as_node_sees_it, "by": "node"})
     assert after["d"] == {**data, "by": "node"}  # equal values, different types
+
+
+# Cache invalidation between the two libraries
+
+
+async def test_node_writes_invalidate_python_cache(
+    cached_rs: RedisSessions,
+    cached_node: NodeDriver,
+    redis: Redis,
+    namespace: str,
+    delays: Delays,
+) -> None:
+    """With its own cache on, Node publishes `<app>:<token>` on `<namespace>:cache` in
+    set, kill, killsoid and killall; Python's cache drops every session so named."""
+    rs, node = cached_rs, cached_node
+    assert rs.layout.channel() == f"{namespace}:cache"
+    assert await subscribers(redis, namespace) == 2  # Python's and Node's
+
+    async def by_node(id: str, label: str) -> str:
+        data = {"label": label, "v": 1}
+        created = await node("create", app=APP, id=id, ip="10.0.2.1", ttl=TTL, d=data)
+        return str(created["token"])
+
+    invalidations = rs.cache_stats()["invalidations"]
+
+    # set: Python reads Node's new data.
+    token = await by_node("nina", "set")
+    await cache_in_python(rs, token)
+    updated = await node("set", app=APP, token=token, d={"v": 2, "by": "node"})
+    written = time.perf_counter()
+    delays.add("node set -> python", await python_drops(rs, [token], "node set", written))
+    assert rs.cache_stats()["invalidations"] == invalidations + 1
+    misses = rs.cache_stats()["misses"]
+    seen = await rs.get(app=APP, token=token)
+    assert rs.cache_stats()["misses"] == misses + 1, "Python did not go back to Redis"
+    assert seen is not None
+    assert typed(seen["d"]) == typed({"label": "set", "v": 2, "by": "node"})
+    assert seen["w"] == updated["w"] == 2
+
+    # kill: Python reads None.
+    await cache_in_python(rs, token)
+    assert await node("kill", app=APP, token=token) == {"kill": 1}
+    written = time.perf_counter()
+    delays.add("node kill -> python", await python_drops(rs, [token], "node kill", written))
+    assert await rs.get(app=APP, token=token) is None
+
+    # killsoid: one message per session of the id.
+    tokens = [await by_node("olga", f"olga{n}") for n in range(2)]
+    for token in tokens:
+        await cache_in_python(rs, token)
+    assert await node("killsoid", app=APP, id="olga") == {"kill": 2}
+    written = time.perf_counter()
+    delays.add("node killsoid -> python", await python_drops(rs, tokens, "killsoid", written))
+    for token in tokens:
+        assert await rs.get(app=APP, token=token) is None
+
+    # killall: one message per session of the app.
+    tokens = [await by_node(id, id) for id in ("pia", "quinn")]
+    for token in tokens:
+        await cache_in_python(rs, token)
+    assert await node("killall", app=APP) == {"kill": 2}
+    written = time.perf_counter()
+    delays.add("node killall -> python", await python_drops(rs, tokens, "killall", written))
+    for token in tokens:
+        assert await rs.get(app=APP, token=token) is None
+
+    assert rs.cache_stats()["invalidations"] == invalidations + 6
+    await rs.flush_touches()  # the hits' touches find the sessions gone and write nothing
+    assert await keys_in(redis, namespace) == []
+
+
+async def test_python_writes_invalidate_node_cache(
+    live_rs: RedisSessions,
+    cached_node: NodeDriver,
+    redis: Redis,
+    namespace: str,
+    delays: Delays,
+) -> None:
+    """Every Python write publishes from inside its script, whether or not Python itself
+    caches: this store has no cache (Node is the only subscriber), and Node's cache still
+    drops what Python sets or kills."""
+    rs, node = live_rs, cached_node
+    assert await subscribers(redis, namespace) == 1  # Node's only
+
+    async def by_python(id: str, label: str) -> str:
+        data = {"label": label, "v": 1}
+        return (await rs.create(app=APP, id=id, ip="10.0.3.1", ttl=TTL, d=data))["token"]
+
+    # set, after proving that Node answers from its cache.
+    token = await by_python("rita", "set")
+    cached = await cache_in_node(node, token)
+    key = f"{namespace}:{APP}:{token}"
+    # A write behind both libraries' backs: it publishes nothing.
+    await redis.hset(key, "d", json.dumps({"label": "raw", "v": 1}, separators=(",", ":")))
+    assert await node("get", app=APP, token=token) == cached, "Node read Redis, not its cache"
+    # A Node cache hit is not written back either: r in Redis counts the first get only.
+    assert await redis.hget(key, "r") == str(cached["r"] + 1)
+    updated = await rs.set(app=APP, token=token, d={"v": 2, "by": "python"})
+    written, written_wall = time.perf_counter(), time.time()
+    assert updated is not None
+    assert typed(updated["d"]) == typed({"label": "raw", "v": 2, "by": "python"})
+    polled = await node_drops(node, [token], "python set", written)
+    heard = await node_heard(node, [token], written_wall)
+    delays.add("python set -> node", polled, heard=heard)
+    seen = await node("get", app=APP, token=token)
+    assert typed(seen["d"]) == typed(updated["d"])
+    assert seen["w"] == updated["w"] == 2
+
+    # kill: Node reads null.
+    await cache_in_node(node, token)
+    assert await rs.kill(app=APP, token=token) == {"kill": 1}
+    written, written_wall = time.perf_counter(), time.time()
+    polled = await node_drops(node, [token], "python kill", written)
+    heard = await node_heard(node, [token], written_wall)
+    delays.add("python kill -> node", polled, heard=heard)
+    assert await node("get", app=APP, token=token) is None
+
+    # killsoid
+    tokens = [await by_python("sam", f"sam{n}") for n in range(2)]
+    for token in tokens:
+        await cache_in_node(node, token)
+    assert await rs.killsoid(app=APP, id="sam") == {"kill": 2}
+    written, written_wall = time.perf_counter(), time.time()
+    polled = await node_drops(node, tokens, "killsoid", written)
+    heard = await node_heard(node, tokens, written_wall)
+    delays.add("python killsoid -> node", polled, heard=heard)
+    for token in tokens:
+        assert await node("get", app=APP, token=token) is None
+
+    # killall
+    tokens = [await by_python(id, id) for id in ("tara", "uma")]
+    for token in tokens:
+        await cache_in_node(node, token)
+    assert await rs.killall(app=APP) == {"kill": 2}
+    written, written_wall = time.perf_counter(), time.time()
+    polled = await node_drops(node, tokens, "killall", written)
+    heard = await node_heard(node, tokens, written_wall)
+    delays.add("python killall -> node", polled, heard=heard)
+    for token in tokens:
+        assert await node("get", app=APP, token=token) is None
+
+    assert await keys_in(redis, namespace) == []
+
+
+STALE_CACHETIME = 1.5
+
+
+async def test_node_without_cachetime_leaves_python_cache_stale(
+    node: NodeDriver, server: ServerProcess, namespace: str, redis: Redis, delays: Delays
+) -> None:
+    """A property of redis-sessions 4.0.0, not of this port: Node subscribes to and
+    publishes on `<namespace>:cache` only when its own cache is on (`cachetime > 0`).
+
+    A Node writer with cachetime 0 changes and kills sessions without a word, so a
+    Python cache keeps serving its copy (even of a killed session) until the entry's
+    `cachetime` runs out, or until this Python process writes the session itself. Hence
+    the rule: Node writers must run with cachetime > 0 to invalidate Python caches.
+    """
+    async with RedisSessions(
+        url=server.url, namespace=namespace, wipe=0, cachetime=STALE_CACHETIME
+    ) as rs:
+        assert await subscribers(redis, namespace) == 1  # Python's only
+        data = {"v": 1}
+        token = (await node("create", app=APP, id="vera", ip="10.0.4.1", ttl=TTL, d=data))["token"]
+        key = f"{namespace}:{APP}:{token}"
+
+        # A Node set goes unnoticed until the entry ages out.
+        before = time.perf_counter()
+        await cache_in_python(rs, token)
+        cached = time.perf_counter()  # the entry was stored between `before` and here
+        await node("set", app=APP, token=token, d={"v": 2})
+        written = time.perf_counter()
+        await asyncio.sleep(0.3)
+        stale = await rs.get(app=APP, token=token)
+        assert stale is not None and stale["d"] == {"v": 1}, "Python saw Node's write"
+        assert rs.cache_stats()["invalidations"] == 0
+        aged = await waited(
+            lambda: not rs.is_cached(token),
+            since=before,
+            what="the entry to age out",
+            bound=STALE_CACHETIME + 1,
+        )
+        assert STALE_CACHETIME - 0.01 <= aged <= cached - before + STALE_CACHETIME + 0.2
+        delays.add("node set, node cachetime 0: python stale for", before + aged - written)
+        fresh = await rs.get(app=APP, token=token)
+        assert fresh is not None and fresh["d"] == {"v": 2}
+
+        # ... or until this process writes the session: its own write drops the entry,
+        # and the merge runs in Redis, on top of Node's unnoticed write.
+        await cache_in_python(rs, token)
+        await node("set", app=APP, token=token, d={"by": "node"})
+        stale = await rs.get(app=APP, token=token)
+        assert stale is not None and stale["d"] == {"v": 2}
+        merged = await rs.set(app=APP, token=token, d={"py": True})
+        assert merged is not None and merged["d"] == {"v": 2, "by": "node", "py": True}
+        assert not rs.is_cached(token)
+        # Python also hears the message of its own set; wait for it, so that it cannot
+        # drop the entry that the reads below cache.
+        await waited(
+            lambda: rs.cache_stats()["invalidations"] == 1,
+            since=time.perf_counter(),
+            what="Python to hear its own set",
+        )
+        seen = await rs.get(app=APP, token=token)
+        assert seen is not None and seen["d"] == merged["d"]
+
+        # A Node kill: the killed session is still served until the entry ages out.
+        await cache_in_python(rs, token)
+        assert await node("kill", app=APP, token=token) == {"kill": 1}
+        killed = time.perf_counter()
+        assert not await redis.exists(key)
+        ghost = await rs.get(app=APP, token=token)
+        assert ghost is not None and ghost["d"] == merged["d"], "Python saw Node's kill"
+        gone = await waited(
+            lambda: not rs.is_cached(token),
+            since=killed,
+            what="the killed session's entry to age out",
+            bound=STALE_CACHETIME + 1,
+        )
+        delays.add("node kill, node cachetime 0: python stale for", gone)
+        assert await rs.get(app=APP, token=token) is None
+        assert rs.cache_stats()["invalidations"] == 1  # its own set's: Node's kill is silent
+        await rs.flush_touches()  # the reads of the ghost do not bring it back
+        assert await keys_in(redis, namespace) == []

@@ -56,6 +56,8 @@ DEFAULT_PING_INTERVAL = 1.0
 MIN_PING_TIMEOUT = 0.5
 TOUCH_MARGIN = 1.0
 CLOSE_FLUSH_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 5.0
+CONNECTION_WAIT = 5.0
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -267,8 +269,15 @@ class RedisSessions:
             self._embedded = EmbeddedServer()
             url = await asyncio.to_thread(self._embedded.start)
             log.info("no redis= or url= given and REDIS_URL unset: using an embedded server")
+        # Bounded waits everywhere: a paused or unreachable server fails a request
+        # in seconds (the middleware answers 503) instead of hanging it.
         pool = BlockingConnectionPool.from_url(
-            url, max_connections=self._max_connections, timeout=10, decode_responses=True
+            url,
+            max_connections=self._max_connections,
+            timeout=CONNECTION_WAIT,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            decode_responses=True,
         )
         return Redis(connection_pool=pool)
 

@@ -33,6 +33,7 @@ __all__ = [
     "encode_create_data",
     "encode_data_patch",
     "validate_app",
+    "validate_data_item",
     "validate_delta_time",
     "validate_id",
     "validate_ip",
@@ -141,6 +142,27 @@ def _check_value(key: str, value: object) -> None:
     )
 
 
+def _check_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise InvalidValueError(f"d keys must be strings, got {type(key).__name__}")
+    if key == "":
+        raise InvalidValueError("d keys must not be empty")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidValueError(f"d key {key!r} is not valid Unicode") from None
+    return key
+
+
+def validate_data_item(key: object, value: object) -> None:
+    """The rule for one key of `d`, for code that builds `d` one key at a time."""
+    key = _check_key(key)
+    _check_value(key, value)
+    if isinstance(value, str):
+        _check_size(_dump({key: value}))
+
+
 def _checked_items(d: object) -> list[tuple[str, Any]]:
     if d is None:
         raise MissingParameterError("No d supplied")
@@ -150,16 +172,7 @@ def _checked_items(d: object) -> list[tuple[str, Any]]:
         raise InvalidValueError("d must contain at least one key")
     items = list(d.items())
     for key, value in items:
-        if not isinstance(key, str):
-            raise InvalidValueError(f"d keys must be strings, got {type(key).__name__}")
-        if key == "":
-            raise InvalidValueError("d keys must not be empty")
-        if not key.isascii():
-            try:
-                key.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidValueError(f"d key {key!r} is not valid Unicode") from None
-        _check_value(key, value)
+        _check_value(_check_key(key), value)
     return items
 
 

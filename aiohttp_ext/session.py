@@ -1,0 +1,203 @@
+"""The request-scoped session: a mutable mapping over the session's data `d`.
+
+Reads come from the copy loaded at the start of the request. Assignments are checked
+at once (so a bad value fails where it is written) and remembered as changes; the
+middleware writes only the changed and deleted keys, once, before the response
+headers go out. An anonymous session (no user yet) holds no data: `upgrade()` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from cached_sessions import SessionDict
+from cached_sessions.validation import validate_data_item
+
+if TYPE_CHECKING:
+    from .middleware import RequestState
+
+__all__ = ["AnonymousSessionError", "Session"]
+
+
+class AnonymousSessionError(RuntimeError):
+    """Data was written to a session that has no user yet."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this session is anonymous and holds no data: call `await session.upgrade(user_id)` "
+            "(log in) before storing values in it"
+        )
+
+
+class Session(MutableMapping[str, Any]):
+    """See the module docstring. `token` is None while the session is anonymous.
+
+    `unavailable` is True when Redis could not be reached and the app chose to go on
+    anonymous (`on_unavailable="anonymous"`).
+    """
+
+    __slots__ = ("_changes", "_data", "_state", "_stored", "_token", "unavailable")
+
+    def __init__(self, state: RequestState, stored: SessionDict | None, token: str | None) -> None:
+        self._state = state
+        self._stored = stored
+        self._token = token
+        self._data: dict[str, Any] = dict(stored.get("d", {})) if stored else {}
+        self._changes: dict[str, Any] = {}
+        self.unavailable = False
+
+    # Identity
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    @property
+    def user_id(self) -> str | None:
+        return self._stored["id"] if self._stored else None
+
+    @property
+    def is_new(self) -> bool:
+        """True while no stored session stands behind this one (anonymous)."""
+        return self._stored is None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """`r`, `w`, `ttl`, `idle` and `ip` as read at the start of the request."""
+        stored = self._stored
+        if stored is None:
+            return {}
+        return {key: stored[key] for key in ("r", "w", "ttl", "idle", "ip")}
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._changes)
+
+    def __repr__(self) -> str:
+        who = f"user_id={self.user_id!r}" if self._stored else "anonymous"
+        return f"<Session {who} keys={sorted(self._data)} changed={sorted(self._changes)}>"
+
+    # The mapping
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._stored is None:
+            raise AnonymousSessionError()
+        validate_data_item(key, value)
+        if value is None:  # the store's rule: None removes the key
+            self._data.pop(key, None)
+        else:
+            self._data[key] = value
+        self._changes[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if self._stored is None:
+            raise AnonymousSessionError()
+        del self._data[key]
+        self._changes[key] = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    # Operations on the store
+
+    async def save(self) -> None:
+        """Write the pending changes now (the middleware does it once per request)."""
+        if not self._changes or self._token is None:
+            return
+        state = self._state
+        changes, self._changes = self._changes, {}
+        try:
+            stored = await state.store.set(app=state.app, token=self._token, d=changes)
+        except BaseException:
+            self._changes = {**changes, **self._changes}
+            raise
+        if stored is None:
+            # Killed or expired meanwhile (another worker logged this user out).
+            self._become_anonymous()
+            state.clear_cookie()
+            return
+        self._stored = stored
+        self._data = dict(stored.get("d", {}))
+
+    async def reload(self) -> None:
+        """Read the session again from Redis, dropping changes not yet saved."""
+        self._changes = {}
+        if self._token is None:
+            return
+        state = self._state
+        stored = await state.store.get(app=state.app, token=self._token)
+        if stored is None:
+            self._become_anonymous()
+            state.clear_cookie()
+        else:
+            self._stored = stored
+            self._data = dict(stored.get("d", {}))
+
+    async def upgrade(self, user_id: str, ttl: int | None = None) -> None:
+        """Log in: a new session (and token) for `user_id`; the old one is killed.
+
+        Always a new token, even for a session that is logged in already, so a token
+        known before the login (session fixation) never gains the user's rights.
+        """
+        state = self._state
+        created = await state.store.create(
+            app=state.app,
+            id=user_id,
+            ip=state.client_ip(),
+            ttl=ttl if ttl is not None else state.config.ttl,
+        )
+        old, self._token = self._token, created["token"]
+        self._changes = {}
+        stored = await state.store.get(app=state.app, token=self._token)
+        self._stored = stored
+        self._data = {}
+        state.set_cookie(self._token)
+        if old is not None:
+            await state.store.kill(app=state.app, token=old)
+
+    async def destroy(self) -> None:
+        """Log out: kill this session and clear the cookie."""
+        state = self._state
+        if self._token is not None:
+            await state.store.kill(app=state.app, token=self._token)
+        self._become_anonymous()
+        state.clear_cookie()
+
+    async def destroy_all(self) -> None:
+        """Log this user out everywhere: every session of the user id, in every worker."""
+        state = self._state
+        if self._stored is not None:
+            await state.store.killsoid(app=state.app, id=self._stored["id"])
+        self._become_anonymous()
+        state.clear_cookie()
+
+    async def soid(self) -> list[SessionDict]:
+        """The live sessions of this user (empty when anonymous)."""
+        if self._stored is None:
+            return []
+        state = self._state
+        return (await state.store.soid(app=state.app, id=self._stored["id"]))["sessions"]
+
+    async def soapp(self, delta_time: int = 600) -> list[SessionDict]:
+        state = self._state
+        return (await state.store.soapp(app=state.app, delta_time=delta_time))["sessions"]
+
+    async def activity(self, delta_time: int = 600) -> int:
+        state = self._state
+        return (await state.store.activity(app=state.app, delta_time=delta_time))["activity"]
+
+    def _become_anonymous(self) -> None:
+        self._stored = None
+        self._token = None
+        self._data = {}
+        self._changes = {}

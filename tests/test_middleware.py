@@ -1,0 +1,476 @@
+"""The aiohttp middleware over real HTTP, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import DummyCookieJar, WSMsgType, web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from aiohttp_ext import AnonymousSessionError, get_session, get_store, setup_sessions
+from cached_sessions import RedisSessions, SessionsError
+from tests.servers import ServerProcess
+
+APP = "shop"
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+async def whoami(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    return web.json_response(
+        {
+            "user": session.user_id,
+            "data": dict(session),
+            "is_new": session.is_new,
+            "unavailable": session.unavailable,
+            "meta": session.meta,
+        }
+    )
+
+
+async def login(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    await session.upgrade(request.query.get("user", "alice"))
+    session["n"] = 0
+    return web.json_response({"token": session.token})
+
+
+async def login_redirect(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    await session.upgrade(request.query.get("user", "alice"))
+    session["greeting"] = "welcome"
+    raise web.HTTPFound("/whoami")
+
+
+async def put(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    for key, value in (await request.json()).items():
+        if value is None:
+            del session[key]
+        else:
+            session[key] = value
+    return web.json_response(dict(session))
+
+
+async def bad_value(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    try:
+        session["bad"] = [1, 2]
+    except SessionsError as error:
+        return web.json_response({"error": str(error)}, status=400)
+    return web.json_response({"error": None})
+
+
+async def anonymous_write(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    try:
+        session["x"] = 1
+    except AnonymousSessionError as error:
+        return web.json_response({"error": str(error)}, status=400)
+    return web.json_response({"error": None})
+
+
+async def logout(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    await session.destroy()
+    raise web.HTTPFound("/whoami")
+
+
+async def logout_everywhere(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    await session.destroy_all()
+    return web.json_response({"ok": True})
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    session = await get_session(request)
+    session["streamed"] = True
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"streamed")
+    return response
+
+
+async def file(request: web.Request) -> web.FileResponse:
+    session = await get_session(request)
+    session["filed"] = True
+    return web.FileResponse(Path(__file__))
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    session = await get_session(request)
+    session["socket"] = True
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_str(session.user_id or "anonymous")
+    await ws.close()
+    return ws
+
+
+async def others(request: web.Request) -> web.Response:
+    store = get_store(request)
+    session = await get_session(request)
+    return web.json_response(
+        {
+            "mine": len(await session.soid()),
+            "active": await session.activity(),
+            "recent": len(await session.soapp()),
+            "killed": (await store.killsoid(app=APP, id="bob"))["kill"],
+        }
+    )
+
+
+def build_app(store: RedisSessions, **options: Any) -> web.Application:
+    app = web.Application()
+    settings: dict[str, Any] = {"app_name": APP, "secure": False}
+    settings.update(options)
+    setup_sessions(app, store, **settings)
+    app.router.add_get("/whoami", whoami)
+    app.router.add_post("/login", login)
+    app.router.add_post("/login-redirect", login_redirect)
+    app.router.add_post("/put", put)
+    app.router.add_post("/bad-value", bad_value)
+    app.router.add_post("/anonymous-write", anonymous_write)
+    app.router.add_post("/logout", logout)
+    app.router.add_post("/logout-everywhere", logout_everywhere)
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/file", file)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/others", others)
+    return app
+
+
+@pytest.fixture
+async def make_client(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> AsyncIterator[MakeClient]:
+    async def make(cachetime: float = 30, **options: Any) -> Client:
+        store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=cachetime)
+        # No cookie jar: every test says exactly which cookie a request carries.
+        client: Client = await aiohttp_client(
+            build_app(store, **options), cookie_jar=DummyCookieJar()
+        )
+        return client
+
+    yield make
+
+
+def set_cookies(response: Any) -> dict[str, Any]:
+    """The Set-Cookie headers of a response, by cookie name, as morsels."""
+    found: dict[str, Any] = {}
+    for header in response.headers.getall("Set-Cookie", []):
+        parsed: SimpleCookie = SimpleCookie()
+        parsed.load(header)
+        for name, morsel in parsed.items():
+            found[name] = morsel
+    return found
+
+
+async def login_as(client: Client, user: str = "alice") -> str:
+    response = await client.post("/login", params={"user": user})
+    assert response.status == 200
+    token: str = (await response.json())["token"]
+    return token
+
+
+def with_token(token: str) -> dict[str, str]:
+    return {"Cookie": f"sid={token}"}
+
+
+# Logging in and out
+
+
+async def test_login_sets_a_cookie_and_the_session_is_read_back(make_client: MakeClient) -> None:
+    client = await make_client()
+    response = await client.post("/login", params={"user": "alice"})
+    cookie = set_cookies(response)["sid"]
+    token = (await response.json())["token"]
+    assert cookie.value == token and len(token) == 64
+    me = await (await client.get("/whoami", headers=with_token(token))).json()
+    assert (me["user"], me["data"], me["is_new"]) == ("alice", {"n": 0}, False)
+    assert set(me["meta"]) == {"r", "w", "ttl", "idle", "ip"}
+
+
+async def test_anonymous_request_has_no_user_and_no_cookie(make_client: MakeClient) -> None:
+    client = await make_client()
+    response = await client.get("/whoami")
+    assert (await response.json())["is_new"] is True
+    assert "Set-Cookie" not in response.headers
+
+
+async def test_upgrade_always_issues_a_new_token_and_kills_the_old(make_client: MakeClient) -> None:
+    client = await make_client()
+    first = await login_as(client)
+    response = await client.post("/login", params={"user": "alice"}, headers=with_token(first))
+    second = (await response.json())["token"]
+    assert second != first
+    stale = await (await client.get("/whoami", headers=with_token(first))).json()
+    assert stale["user"] is None
+
+
+async def test_a_client_chosen_token_is_never_adopted(make_client: MakeClient) -> None:
+    client = await make_client()
+    chosen = "A" * 64
+    response = await client.post("/login", headers=with_token(chosen))
+    assert (await response.json())["token"] != chosen
+
+
+async def test_logout_by_redirect_clears_the_cookie_on_the_same_response(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client()
+    token = await login_as(client)
+    response = await client.post("/logout", headers=with_token(token), allow_redirects=False)
+    assert response.status == 302
+    cleared = set_cookies(response)["sid"]
+    assert cleared.value == "" and cleared["max-age"] == "0"
+    me = await (await client.get("/whoami", headers=with_token(token))).json()
+    assert me["user"] is None
+
+
+async def test_login_by_redirect_saves_and_sets_the_cookie(make_client: MakeClient) -> None:
+    client = await make_client()
+    response = await client.post("/login-redirect", allow_redirects=False)
+    assert response.status == 302
+    token = set_cookies(response)["sid"].value
+    me = await (await client.get("/whoami", headers=with_token(token))).json()
+    assert me["data"] == {"greeting": "welcome"}
+
+
+async def test_log_out_everywhere_kills_every_session_of_the_user(make_client: MakeClient) -> None:
+    client = await make_client()
+    phone, laptop = await login_as(client, "bob"), await login_as(client, "bob")
+    await client.post("/logout-everywhere", headers=with_token(phone))
+    me = await (await client.get("/whoami", headers=with_token(laptop))).json()
+    assert me["user"] is None
+
+
+async def test_two_app_instances_share_sessions_and_logout(make_client: MakeClient) -> None:
+    left, right = await make_client(), await make_client()
+    token = await login_as(left, "carol")
+    for _ in range(2):  # the second read is served from right's cache
+        me = await (await right.get("/whoami", headers=with_token(token))).json()
+        assert me["user"] == "carol"
+    await left.post("/logout", headers=with_token(token), allow_redirects=False)
+    started = time.monotonic()
+    while time.monotonic() - started < 0.25:
+        me = await (await right.get("/whoami", headers=with_token(token))).json()
+        if me["user"] is None:
+            break
+        await asyncio.sleep(0.002)
+    assert me["user"] is None
+
+
+# Data
+
+
+async def test_only_changed_keys_are_written_so_concurrent_requests_both_keep_theirs(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client()
+    token = await login_as(client)
+    await asyncio.gather(
+        *(client.post("/put", json={f"k{i}": i}, headers=with_token(token)) for i in range(20))
+    )
+    me = await (await client.get("/whoami", headers=with_token(token))).json()
+    assert me["data"] == {"n": 0, **{f"k{i}": i for i in range(20)}}
+
+
+async def test_delete_removes_the_key_from_redis(make_client: MakeClient) -> None:
+    client = await make_client()
+    token = await login_as(client)
+    await client.post("/put", json={"a": 1, "b": 2}, headers=with_token(token))
+    await client.post("/put", json={"a": None}, headers=with_token(token))
+    me = await (await client.get("/whoami", headers=with_token(token))).json()
+    assert me["data"] == {"n": 0, "b": 2}
+
+
+async def test_an_unchanged_session_costs_no_write(
+    make_client: MakeClient, redis: Redis, namespace: str
+) -> None:
+    client = await make_client()
+    token = await login_as(client)
+    key = f"{namespace}:{APP}:{token}"
+    before = await redis.hget(key, "w")
+    for _ in range(3):
+        await client.get("/whoami", headers=with_token(token))
+    assert await redis.hget(key, "w") == before
+
+
+async def test_a_bad_value_fails_at_the_assignment(make_client: MakeClient) -> None:
+    client = await make_client()
+    token = await login_as(client)
+    response = await client.post("/bad-value", headers=with_token(token))
+    assert response.status == 400
+    assert "d.bad has a forbidden type" in (await response.json())["error"]
+
+
+async def test_an_anonymous_session_refuses_data_with_a_clear_error(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client()
+    response = await client.post("/anonymous-write")
+    assert response.status == 400
+    assert "upgrade" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize(("path", "key"), [("/stream", "streamed"), ("/file", "filed")])
+async def test_streamed_and_file_responses_save_before_headers(
+    make_client: MakeClient, path: str, key: str
+) -> None:
+    client = await make_client()
+    token = await login_as(client)
+    response = await client.get(path, headers=with_token(token))
+    assert response.status == 200
+    await response.read()
+    me = await (await client.get("/whoami", headers=with_token(token))).json()
+    assert me["data"][key] is True
+
+
+async def test_websocket_responses_save_before_the_upgrade(make_client: MakeClient) -> None:
+    client = await make_client()
+    token = await login_as(client, "dave")
+    async with client.ws_connect("/ws", headers=with_token(token)) as ws:
+        message = await ws.receive()
+        assert (message.type, message.data) == (WSMsgType.TEXT, "dave")
+    me = await (await client.get("/whoami", headers=with_token(token))).json()
+    assert me["data"]["socket"] is True
+
+
+async def test_store_helpers_from_a_handler(make_client: MakeClient) -> None:
+    client = await make_client()
+    await login_as(client, "bob")
+    token = await login_as(client, "alice")
+    figures = await (await client.get("/others", headers=with_token(token))).json()
+    assert figures == {"mine": 1, "active": 2, "recent": 2, "killed": 1}
+
+
+# Tokens and cookies
+
+
+async def test_cookie_attributes_default_to_safe_values(make_client: MakeClient) -> None:
+    client = await make_client(secure=True)
+    response = await client.post("/login")
+    cookie = set_cookies(response)["sid"]
+    assert cookie["httponly"] is True
+    assert cookie["secure"] is True
+    assert cookie["samesite"] == "Lax"
+    assert cookie["path"] == "/"
+    assert cookie["max-age"] == "" and cookie["expires"] == ""  # a browser-session cookie
+
+
+async def test_max_age_sets_max_age_and_expires(make_client: MakeClient) -> None:
+    client = await make_client(max_age=3600, domain="example.test", path="/app", samesite="Strict")
+    cookie = set_cookies(await client.post("/login"))["sid"]
+    assert cookie["max-age"] == "3600"
+    assert cookie["expires"].endswith("GMT")
+    assert (cookie["domain"], cookie["path"], cookie["samesite"]) == (
+        "example.test",
+        "/app",
+        "Strict",
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "short", "A" * 64, "A" * 63 + "!", "x" * 5000, "\u00e9" * 64, "A" * 64 + ".sig"],
+)
+async def test_unknown_or_malformed_tokens_give_anonymous_and_clear_the_cookie(
+    make_client: MakeClient, value: str
+) -> None:
+    client = await make_client()
+    response = await client.get("/whoami", headers={"Cookie": f"sid={value}"})
+    assert response.status == 200
+    assert (await response.json())["user"] is None
+    if value:
+        assert set_cookies(response)["sid"]["max-age"] == "0"
+
+
+async def test_bearer_tokens_work_for_api_clients(make_client: MakeClient) -> None:
+    client = await make_client()
+    token = await login_as(client, "api")
+    me = await (await client.get("/whoami", headers={"Authorization": f"Bearer {token}"})).json()
+    assert me["user"] == "api"
+    off = await make_client(bearer=False)
+    me = await (await off.get("/whoami", headers={"Authorization": f"Bearer {token}"})).json()
+    assert me["user"] is None
+
+
+SECRET_OLD = "o" * 32
+SECRET_NEW = "n" * 32
+
+
+async def test_signed_cookies_verify_rotate_and_refuse_forgeries(
+    make_client: MakeClient, redis: Redis
+) -> None:
+    old = await make_client(secrets=[SECRET_OLD])
+    signed_old = set_cookies(await old.post("/login", params={"user": "eve"}))["sid"].value
+    token, _, mac = signed_old.partition(".")
+    assert len(token) == 64 and mac
+
+    rotated = await make_client(secrets=[SECRET_NEW, SECRET_OLD])
+    response = await rotated.get("/whoami", headers={"Cookie": f"sid={signed_old}"})
+    assert (await response.json())["user"] == "eve"
+    resigned = set_cookies(response)["sid"].value
+    assert resigned.startswith(token + ".") and resigned != signed_old
+    response = await rotated.get("/whoami", headers={"Cookie": f"sid={resigned}"})
+    assert (await response.json())["user"] == "eve" and "Set-Cookie" not in response.headers
+
+    stats = await redis.info("commandstats")
+    before = sum(int(v["calls"]) for k, v in stats.items() if k == "cmdstat_evalsha")
+    for forged in (token, f"{token}.{mac[:-1]}A", f"{'B' * 64}.{mac}", f"{token}.{mac}x"):
+        response = await rotated.get("/whoami", headers={"Cookie": f"sid={forged}"})
+        assert (await response.json())["user"] is None
+        assert set_cookies(response)["sid"]["max-age"] == "0"
+    stats = await redis.info("commandstats")
+    after = sum(int(v["calls"]) for k, v in stats.items() if k == "cmdstat_evalsha")
+    assert after == before, "a forged cookie must cost no Redis call"
+
+
+def test_secrets_never_show_in_a_repr() -> None:
+    from aiohttp_ext import TokenSigner
+
+    signer = TokenSigner([SECRET_NEW])
+    assert SECRET_NEW not in repr(signer)
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        TokenSigner(["short"])
+
+
+async def test_multi_tenant_app_names(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> None:
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0)
+    app = build_app(store, app_name=lambda request: request.headers.get("X-Tenant", "default"))
+    client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    response = await client.post("/login", headers={"X-Tenant": "tenant-a"})
+    token = (await response.json())["token"]
+    mine = await (
+        await client.get("/whoami", headers={**with_token(token), "X-Tenant": "tenant-a"})
+    ).json()
+    theirs = await (
+        await client.get("/whoami", headers={**with_token(token), "X-Tenant": "tenant-b"})
+    ).json()
+    assert (mine["user"], theirs["user"]) == ("alice", None)
+
+
+# The store's lifetime
+
+
+async def test_the_store_starts_and_closes_with_the_app(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> None:
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=30)
+    client = await aiohttp_client(build_app(store))
+    assert store.cache_stats()["subscribed"]
+    await client.close()
+    assert store._closed
+    assert json.dumps(store.cache_stats())

@@ -1,0 +1,217 @@
+"""`python -m aiohttp_ext.demo`: a small app on several worker processes, one port.
+
+Each worker is its own process with its own session cache, all sharing one Redis and
+one port (SO_REUSEPORT lets the kernel spread connections over them). The page says
+which worker answered, who is logged in, a counter kept in the session and this
+user's sessions; logging out everywhere in one worker logs the user out in all of
+them at once. `/metrics` serves this worker's cache counters for Prometheus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+
+from aiohttp import web
+
+from cached_sessions import EmbeddedServer, RedisSessions, SessionsError
+
+from . import get_session, get_store, setup_sessions
+
+log = logging.getLogger("aiohttp_ext.demo")
+
+APP_NAME = "demo"
+WORKER_KEY = web.AppKey("demo.worker", int)
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cached-sessions demo</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; color: #222; }}
+.worker {{ background: #eef; padding: .4rem .8rem; border-radius: .4rem; display: inline-block; }}
+table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #ddd;
+padding: .3rem; text-align: left; }} form {{ display: inline-block; margin: .3rem .6rem .3rem 0; }}
+.error {{ color: #a00; }}
+</style></head><body>
+<h1>cached-sessions demo</h1>
+<p class="worker" id="worker">Served by worker {worker} (pid {pid})</p>
+{body}
+<p><a href="/metrics">/metrics</a> of this worker &middot; reload to meet another worker</p>
+</body></html>
+"""
+
+
+def _page(request: web.Request, body: str, status: int = 200) -> web.Response:
+    text = PAGE.format(worker=request.app[WORKER_KEY], pid=os.getpid(), body=body)
+    return web.Response(text=text, content_type="text/html", status=status)
+
+
+def _login_form(error: str = "") -> str:
+    message = f'<p class="error" id="error">{html.escape(error)}</p>' if error else ""
+    return f"""<p id="who">Not logged in.</p>{message}
+<form method="post" action="/login"><label>Name <input name="user" id="user" required></label>
+<button id="login">Log in</button></form>"""
+
+
+async def index(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    if session.user_id is None:
+        return _page(request, _login_form())
+    session["visits"] = int(session.get("visits", 0)) + 1
+    rows = "".join(
+        f"<tr><td>{html.escape(s['ip'])}</td><td>{s['r']}</td><td>{s['idle']} s</td></tr>"
+        for s in await session.soid()
+    )
+    name = html.escape(session.user_id)
+    body = f"""<p id="who">Logged in as <strong id="user-id">{name}</strong>.
+This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
+<h2>Your sessions</h2>
+<table id="sessions"><tr><th>ip</th><th>reads</th><th>idle</th></tr>{rows}</table>
+<form method="post" action="/logout"><button id="logout">Log out</button></form>
+<form method="post" action="/logout-everywhere"><button id="logout-everywhere">
+Log out everywhere</button></form>"""
+    return _page(request, body)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    user = str(form.get("user", "")).strip()
+    session = await get_session(request)
+    try:
+        await session.upgrade(user)
+    except SessionsError as error:
+        return _page(request, _login_form(f"That name cannot be used: {error}."), status=400)
+    raise web.HTTPSeeOther("/")
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    await (await get_session(request)).destroy()
+    raise web.HTTPSeeOther("/")
+
+
+async def logout_everywhere(request: web.Request) -> web.StreamResponse:
+    await (await get_session(request)).destroy_all()
+    raise web.HTTPSeeOther("/")
+
+
+async def me(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    return web.json_response(
+        {"worker": request.app[WORKER_KEY], "pid": os.getpid(), "user": session.user_id}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    stats = get_store(request).cache_stats()
+    worker = request.app[WORKER_KEY]
+    lines = []
+    for name, value in stats.items():
+        if isinstance(value, bool | int):
+            metric = f"cached_sessions_cache_{name}"
+            lines.append(f"# TYPE {metric} {'gauge' if name in GAUGES else 'counter'}")
+            lines.append(f'{metric}{{worker="{worker}"}} {int(value)}')
+    for reason, count in stats.get("flush_reasons", {}).items():
+        labels = f'worker="{worker}",reason="{reason}"'
+        lines.append(f"cached_sessions_cache_flushes_by_reason{{{labels}}} {count}")
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+GAUGES = frozenset({"enabled", "subscribed", "entries", "touches_pending"})
+
+
+def make_app(redis_url: str, worker: int, *, cachetime: float = 30) -> web.Application:
+    app = web.Application()
+    app[WORKER_KEY] = worker
+    store = RedisSessions(url=redis_url, cachetime=cachetime)
+    # The demo serves plain HTTP on loopback; behind TLS, leave secure=True.
+    setup_sessions(app, store, app_name=APP_NAME, secure=False)
+    app.router.add_get("/", index)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_post("/logout-everywhere", logout_everywhere)
+    app.router.add_get("/api/me", me)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def run_worker(worker: int, host: str, port: int, redis_url: str) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"worker {worker}: %(message)s")
+    web.run_app(make_app(redis_url, worker), host=host, port=port, reuse_port=True, print=None)
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m aiohttp_ext.demo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="default: REDIS_URL, else an embedded server",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.workers < 1:
+        parser.error("--workers must be at least 1")
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> None:
+    arguments = _arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="demo: %(message)s")
+    embedded: EmbeddedServer | None = None
+    url = arguments.redis_url
+    if not url:
+        embedded = EmbeddedServer()
+        url = embedded.start()
+        log.info("no --redis-url and no REDIS_URL: using that embedded server")
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=run_worker,
+            args=(n, arguments.host, arguments.port, url),
+            name=f"demo worker {n}",
+        )
+        for n in range(1, arguments.workers + 1)
+    ]
+    for process in workers:
+        process.start()
+    log.info(
+        "serving http://%s:%d/ with %d workers; Ctrl-C stops",
+        arguments.host, arguments.port, arguments.workers,
+    )  # fmt: skip
+
+    stop = _stop_signal()
+    try:
+        while not stop.is_set() and all(p.is_alive() for p in workers):
+            stop.wait(0.5)
+    finally:
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in workers:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+        if embedded is not None:
+            embedded.stop()
+        log.info("stopped")
+    if not stop.is_set():
+        sys.exit("a worker exited; demo stopped")
+
+
+def _stop_signal() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The demo, as its users run it: two worker processes on one port, one Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ServerProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+OPENER = urllib.request.build_opener(NoRedirect)
+
+
+def call(
+    base: str, path: str, *, cookie: str = "", form: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    request = urllib.request.Request(
+        base + path, data=data, headers={"Cookie": cookie} if cookie else {}
+    )
+    try:
+        with OPENER.open(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@pytest.fixture(scope="module")
+def demo(server: ServerProcess) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aiohttp_ext.demo", "--workers", "2", "--port", str(port),
+         "--redis-url", server.url],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        seen: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:
+            try:
+                seen.add(json.loads(call(base, "/api/me")[2])["worker"])
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        assert seen == {1, 2}, "both demo workers should answer"
+        yield base
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        assert process.returncode == 0, process.stdout.read().decode() if process.stdout else ""
+
+
+def me(base: str, cookie: str) -> dict[str, object]:
+    result: dict[str, object] = json.loads(call(base, "/api/me", cookie=cookie)[2])
+    return result
+
+
+def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None:
+    status, headers, _ = call(demo, "/login", form={"user": "alice"})
+    assert status == 303
+    cookie = headers["Set-Cookie"].split(";")[0]
+    workers: dict[int, object] = {}
+    for _ in range(200):  # each request is a new connection: the kernel picks a worker
+        answer = me(demo, cookie)
+        workers[int(answer["worker"])] = answer["user"]  # type: ignore[call-overload]
+        if len(workers) == 2:
+            break
+    assert workers == {1: "alice", 2: "alice"}
+    status, headers, _ = call(demo, "/logout-everywhere", cookie=cookie, form={})
+    assert status == 303
+    refused: set[int] = set()
+    for _ in range(200):
+        answer = me(demo, cookie)
+        assert answer["user"] is None, f"worker {answer['worker']} still accepts the token"
+        refused.add(int(answer["worker"]))  # type: ignore[call-overload]
+        if len(refused) == 2:
+            break
+    assert refused == {1, 2}
+
+
+def test_the_page_shows_worker_user_counter_and_sessions(demo: str) -> None:
+    status, headers, _ = call(demo, "/login", form={"user": "bob <b>"})
+    cookie = headers["Set-Cookie"].split(";")[0]
+    first = call(demo, "/", cookie=cookie)[2].decode()
+    second = call(demo, "/", cookie=cookie)[2].decode()
+    assert "Served by worker" in first
+    assert "bob &lt;b&gt;" in first and "<b>" not in first.split("Logged in as")[1][:60]
+    assert 'id="visits">1<' in first and 'id="visits">2<' in second
+    assert 'id="sessions"' in first
+
+
+def test_bad_input_gets_a_clear_page_not_a_500(demo: str) -> None:
+    status, _, body = call(demo, "/login", form={"user": "x" * 500})
+    assert status == 400 and b"cannot be used" in body
+    status, _, _ = call(demo, "/", cookie="sid=" + "%" * 70)
+    assert status == 200
+
+
+def test_metrics_are_in_the_prometheus_text_format(demo: str) -> None:
+    status, headers, body = call(demo, "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    lines = body.decode().splitlines()
+    assert any(line.startswith("cached_sessions_cache_hits{worker=") for line in lines)
+    assert "# TYPE cached_sessions_cache_hits counter" in lines
+    for line in lines:
+        if not line.startswith("#"):
+            name_labels, value = line.rsplit(" ", 1)
+            assert int(value) >= 0 and "{" in name_labels
+
+
+def test_demo_refuses_a_bad_worker_count() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "aiohttp_ext.demo", "--workers", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, env={**os.environ},
+    )  # fmt: skip
+    assert result.returncode == 2 and "--workers must be at least 1" in result.stderr

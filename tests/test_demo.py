@@ -101,7 +101,7 @@ def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None
 
 
 def test_the_page_shows_worker_user_counter_and_sessions(demo: str) -> None:
-    status, headers, _ = call(demo, "/login", form={"user": "bob <b>"})
+    _, headers, _ = call(demo, "/login", form={"user": "bob <b>"})
     cookie = headers["Set-Cookie"].split(";")[0]
     first = call(demo, "/", cookie=cookie)[2].decode()
     second = call(demo, "/", cookie=cookie)[2].decode()

@@ -30,13 +30,13 @@ from typing import Any, Final
 
 from cachetools import TTLCache
 
-from .model import SessionDict
+from .model import Fetched, SessionDict
 
 __all__ = ["CachedEntry", "SessionCache"]
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[], Awaitable[SessionDict | None]]
+Fetch = Callable[[], Awaitable[Fetched]]
 
 
 class CachedEntry:
@@ -88,7 +88,7 @@ class _Fill:
         self.app = app
         self.started = started
         self.stale = False
-        self.task: asyncio.Task[SessionDict | None] | None = None
+        self.task: asyncio.Task[Fetched] | None = None
 
 
 class SessionCache:
@@ -151,7 +151,7 @@ class SessionCache:
 
     # Misses
 
-    async def fill(self, app: str, token: str, fetch: Fetch) -> SessionDict | None:
+    async def fill(self, app: str, token: str, fetch: Fetch) -> Fetched:
         """Read through: one fetch per token at a time, kept only if still valid."""
         if not self._subscribed:
             self.bypassed += 1
@@ -160,7 +160,7 @@ class SessionCache:
         if fill is not None and fill.app == app:
             self.coalesced += 1
             session = await asyncio.shield(self._task(fill))
-            if session is not None:
+            if isinstance(session, dict):
                 self._count_joined_read(app, token, session)
             return _copy(session)
         self.misses += 1
@@ -169,14 +169,14 @@ class SessionCache:
         self._fills[token] = fill
         return _copy(await asyncio.shield(fill.task))
 
-    async def _fill(self, fill: _Fill, token: str, fetch: Fetch) -> SessionDict | None:
+    async def _fill(self, fill: _Fill, token: str, fetch: Fetch) -> Fetched:
         try:
             session = await fetch()
         finally:
             if self._fills.get(token) is fill:
                 del self._fills[token]
-        if session is None:
-            return None
+        if not isinstance(session, dict):
+            return session  # unknown, killed or expired: nothing to keep
         if fill.stale:
             self.fills_refused += 1
             return session
@@ -195,7 +195,7 @@ class SessionCache:
         self.dirty[token] = entry
 
     @staticmethod
-    def _task(fill: _Fill) -> asyncio.Task[SessionDict | None]:
+    def _task(fill: _Fill) -> asyncio.Task[Fetched]:
         assert fill.task is not None
         return fill.task
 
@@ -211,13 +211,17 @@ class SessionCache:
         self.local_drops += 1
         self._forget(token)
 
-    def drop_where(self, app: str, id: str | None = None) -> None:
-        """This process killed every session of an app, or of one id in it."""
+    def drop_where(
+        self, app: str, id: str | None = None, *, field: str | None = None, value: Any = None
+    ) -> None:
+        """This process killed every session of an app, of one id, or of one reference."""
         with self._entries.timer:
             doomed = [
                 token
                 for token, entry in self._entries.items()
-                if entry.app == app and (id is None or entry.id == id)
+                if entry.app == app
+                and (id is None or entry.id == id)
+                and (field is None or (entry.data or {}).get(field) == value)
             ]
         for token in doomed:
             self.drop(token)
@@ -291,9 +295,9 @@ class SessionCache:
         }
 
 
-def _copy(session: SessionDict | None) -> SessionDict | None:
-    if session is None:
-        return None
+def _copy(session: Fetched) -> Fetched:
+    if not isinstance(session, dict):
+        return session
     copied = session.copy()
     if "d" in session:
         copied["d"] = session["d"].copy()

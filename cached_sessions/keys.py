@@ -1,10 +1,11 @@
 """Key, member and channel names: the only code that knows the Redis layout.
 
 The scripts take every key they can know before they run as KEYS. Keys that depend on
-data a script reads first (the id stored in a session, or the app and token named by a
-member of the expiry index) are built inside the script from the templates below, with
-the placeholders `<app>`, `<token>` and `<id>`. A different layout, such as one with
-hash tags for Redis Cluster, is a different `KeyLayout`; the scripts stay as they are.
+data a script reads first (the id stored in a session, the app and token named by a
+member of the expiry index, a reference value in its data) are built inside the script
+from the templates below, with the placeholders `<app>`, `<token>`, `<id>`, `<field>` and
+`<value>`. A different layout, such as one with hash tags for Redis Cluster, is a
+different `KeyLayout`; the scripts stay as they are.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ TEMPLATE_ORDER: Final = (
     "global_member",
     "channel",
     "message",
+    "reference",
 )
 
 
@@ -59,6 +61,10 @@ class KeyLayout:
     def expiry_index(self) -> str:
         return f"{self.namespace}:SESSIONS"
 
+    def reference(self, app: str, field: str, value: str) -> str:
+        """The set of tokens whose data holds `field` = `value` (its JSON text)."""
+        return f"{self.namespace}:{app}:ref:{field}:{value}"
+
     def wipe_lock(self) -> str:
         # A dash never occurs in a token, so no app's session key can be this name.
         return f"{self.namespace}:SESSIONS:wipe-lock"
@@ -83,5 +89,6 @@ class KeyLayout:
             "global_member": "<app>:<token>:<id>",
             "channel": self.channel(),
             "message": "<app>:<token>",
+            "reference": f"{ns}:<app>:ref:<field>:<value>",
         }
         return tuple(by_name[name] for name in TEMPLATE_ORDER)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Final, NotRequired, TypeAlias, TypedDict
 
 from .errors import StoredDataError
 
-__all__ = ["SessionDict", "session_from_reply"]
+__all__ = ["EXPIRED", "FOUND", "MISSING", "Fetched", "SessionDict", "session_from_reply"]
+
+# Why a read found no session (see RedisSessions.lookup).
+FOUND: Final = "found"
+MISSING: Final = "missing"
+EXPIRED: Final = "expired"
 
 
 class SessionDict(TypedDict):
@@ -22,6 +27,10 @@ class SessionDict(TypedDict):
     ip: str
     d: NotRequired[dict[str, Any]]
     no_resave: NotRequired[bool]
+
+
+# What one read of Redis gives: the session, EXPIRED, or None (unknown or killed).
+Fetched: TypeAlias = "SessionDict | str | None"
 
 
 def _text(value: Any) -> str:

@@ -7,6 +7,7 @@ reply (a restarted or flushed server), so callers never see that error.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -23,6 +24,7 @@ __all__ = ["OPERATIONS", "Scripts", "script_source"]
 
 OPERATIONS = (
     "create", "get", "set", "kill", "killall", "killsoid", "soid", "soapp", "wipe", "touch",
+    "kill_by",
 )  # fmt: skip
 
 
@@ -39,13 +41,15 @@ def script_source(operation: str) -> str:
 class Scripts:
     """The operation scripts bound to one client, with the layout's templates."""
 
-    templates: tuple[str, ...]
+    templates: tuple[str, ...]  # the layout's templates, then the reference fields
     _scripts: dict[str, AsyncScript]
 
     @classmethod
-    def bind(cls, client: Redis, layout: KeyLayout) -> Scripts:
+    def bind(cls, client: Redis, layout: KeyLayout, references: Sequence[str] = ()) -> Scripts:
+        """`references`: the data keys whose values the scripts index (kill_by)."""
         scripts = {op: client.register_script(script_source(op)) for op in OPERATIONS}
-        return cls(templates=layout.templates(), _scripts=scripts)
+        fixed = (*layout.templates(), json.dumps(list(references)))
+        return cls(templates=fixed, _scripts=scripts)
 
     async def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         script = self._scripts[operation]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
@@ -24,10 +25,10 @@ from redis.exceptions import ResponseError
 
 from .cache import SessionCache
 from .embedded import EmbeddedServer
-from .errors import InvalidValueError, SessionsClosedError, StoredDataError
+from .errors import InvalidValueError, MissingParameterError, SessionsClosedError, StoredDataError
 from .invalidation import Subscriber
 from .keys import KeyLayout
-from .model import SessionDict, session_from_reply
+from .model import EXPIRED, FOUND, MISSING, Fetched, SessionDict, session_from_reply
 from .scripts import Scripts
 from .tokens import new_token
 from .touch import TouchFlusher
@@ -37,6 +38,7 @@ from .validation import (
     encode_create_data,
     encode_data_patch,
     validate_app,
+    validate_data_item,
     validate_delta_time,
     validate_id,
     validate_ip,
@@ -110,6 +112,7 @@ class RedisSessions:
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         timer: Callable[[], float] = time.monotonic,
+        references: Sequence[str] = (),
     ) -> None:
         if redis is not None and url is not None:
             raise ValueError("pass either redis= or url=, not both")
@@ -137,6 +140,8 @@ class RedisSessions:
         self._scripts: Scripts | None = None
         self._embedded: EmbeddedServer | None = None
         self._touch_interval = touch_interval
+        self._references: tuple[str, ...] = ()
+        self.index_references(references)
         self._cache: SessionCache | None = None
         if cachetime > 0:
             # A hit needs the touch interval plus a margin of Redis-side life left,
@@ -235,7 +240,7 @@ class RedisSessions:
             if self._scripts is None:
                 client = self._given or await self._connect()
                 self._redis = client
-                scripts = Scripts.bind(client, self._layout)
+                scripts = Scripts.bind(client, self._layout, self._references)
                 self._start_tasks(client, scripts)
                 self._scripts = scripts
             return self._scripts
@@ -259,6 +264,21 @@ class RedisSessions:
             client, scripts, self._layout, cache, interval=self._touch_interval, clock=self._clock
         )
         self._spawn(self._flusher.run(), f"cached-sessions touches ({namespace})")
+
+    def index_references(self, fields: Sequence[str]) -> None:
+        """Index sessions by these data keys, so `kill_by` can find them.
+
+        Must be called before the store starts: every process that writes sessions
+        must index the same fields.
+        """
+        if isinstance(fields, str):
+            raise ValueError("references must be a list of data keys, not one string")
+        for field in fields:
+            validate_data_item(field, "")
+        wanted = tuple(dict.fromkeys((*self._references, *fields)))
+        if wanted != self._references and self._scripts is not None:
+            raise RuntimeError("references must be set before the store starts")
+        self._references = wanted
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(work, name=name))
@@ -328,15 +348,39 @@ class RedisSessions:
             session = cache.hit(app, token)
             if session is not None:
                 return session
+        found = await self._read(app, token)
+        return found if isinstance(found, dict) else None
+
+    async def lookup(self, *, app: str, token: str) -> tuple[SessionDict | None, str]:
+        """Like `get`, and says why a session is absent: `found`, `missing` or `expired`.
+
+        `missing` covers unknown and killed tokens; `expired` means the session ran out
+        of time and the wipe has not removed it yet.
+        """
+        cache = self._cache
+        if cache is not None:
+            session = cache.hit(app, token)
+            if session is not None:
+                return session, FOUND
+        found = await self._read(app, token)
+        if isinstance(found, dict):
+            return found, FOUND
+        return None, found or MISSING
+
+    async def _read(self, app: str, token: str) -> Fetched:
         app, token = validate_app(app), validate_token(token)
         scripts = await self._ready()
-        if cache is not None:
-            return await cache.fill(app, token, partial(self._fetch, scripts, app, token))
+        if self._cache is not None:
+            return await self._cache.fill(app, token, partial(self._fetch, scripts, app, token))
         return await self._fetch(scripts, app, token)
 
-    async def _fetch(self, scripts: Scripts, app: str, token: str) -> SessionDict | None:
+    async def _fetch(self, scripts: Scripts, app: str, token: str) -> Fetched:
         raw = await scripts.run("get", self._session_keys(app, token), [self._now(), app, token])
-        return None if raw is None else session_from_reply(raw)
+        if raw is None:
+            return None
+        if raw == 0:
+            return EXPIRED
+        return session_from_reply(raw)
 
     async def set(self, *, app: str, token: str, d: dict[str, Any]) -> SessionDict | None:
         """Merge `d` into the session's data (None removes a key); returns the result."""
@@ -392,6 +436,36 @@ class RedisSessions:
             if self._cache is not None:
                 self._cache.drop_where(app, id)
         return {"kill": int(killed)}
+
+    async def kill_by(
+        self, *, app: str, field: str, value: str | int | float | bool
+    ) -> dict[str, int]:
+        """Kill every session whose data holds `field` = `value` (an indexed reference).
+
+        One script call per batch; each killed session publishes its invalidation.
+        """
+        app = validate_app(app)
+        if field not in self._references:
+            raise InvalidValueError(
+                f"{field!r} is not an indexed reference; pass references=[...] to index it"
+            )
+        if value is None:
+            raise MissingParameterError("No value supplied")
+        validate_data_item(field, value)
+        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        scripts = await self._ready()
+        keys = [self._layout.reference(app, field, raw)]
+        total, more = 0, 1
+        try:
+            while more:
+                killed, more = await scripts.run(
+                    "kill_by", keys, [self._now(), app, field, raw, self._batch]
+                )
+                total += int(killed)
+        finally:
+            if self._cache is not None:
+                self._cache.drop_where(app, field=field, value=value)
+        return {"kill": total}
 
     async def soid(self, *, app: str, id: str) -> dict[str, list[SessionDict]]:
         """The live sessions of one id. Listing them is not activity."""

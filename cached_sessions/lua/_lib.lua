@@ -1,20 +1,98 @@
 -- Shared prelude of every script; scripts.py puts it in front of each one.
--- ARGV[1..9] are the key templates (keys.py, TEMPLATE_ORDER); an operation's own
--- arguments start at ARGV[ARG + 1]. Every check runs before the first write, because
--- Redis does not roll back a script that fails halfway.
+-- ARGV[1..10] are the key templates (keys.py, TEMPLATE_ORDER) and ARGV[11] the JSON
+-- list of the data keys indexed as references; an operation's own arguments start at
+-- ARGV[ARG + 1]. Every check runs before the first write, because Redis does not roll
+-- back a script that fails halfway.
 local L = {
   session = ARGV[1], app_sessions = ARGV[2], app_users = ARGV[3],
   user_tokens = ARGV[4], expiry_index = ARGV[5], app_member = ARGV[6],
-  global_member = ARGV[7], channel = ARGV[8], message = ARGV[9],
+  global_member = ARGV[7], channel = ARGV[8], message = ARGV[9], reference = ARGV[10],
+  references = {},
 }
-local ARG = 9
+for _, field in ipairs(cjson.decode(ARGV[11])) do L.references[field] = true end
+local INDEXING = next(L.references) ~= nil
+local ARG = 11
 
-local function fill(template, app, token, id)
+local function fill(template, app, token, id, field, value)
   return (string.gsub(template, '<(%a+)>', function(name)
     if name == 'app' then return app end
     if name == 'token' then return token end
     if name == 'id' then return id end
+    if name == 'field' then return field end
+    if name == 'value' then return value end
   end))
+end
+
+-- Index of the closing quote of the JSON string that opens at `from`.
+local function string_end(text, from)
+  local at = from + 1
+  while true do
+    local hit = string.find(text, '["\\]', at)
+    if not hit then return nil end
+    if string.sub(text, hit, hit) == '"' then return hit end
+    at = hit + 2
+  end
+end
+
+-- Splits a flat JSON object (scalar values only) into decoded keys and raw texts, or
+-- returns nil. Raw texts let values pass through untouched: cjson would re-encode
+-- numbers with 14 significant digits and change them.
+local function split_object(text)
+  local keys, raw_keys, raw_values = {}, {}, {}
+  local at = string.find(text, '%S')
+  if not at or string.sub(text, at, at) ~= '{' then return nil end
+  at = string.find(text, '%S', at + 1)
+  if at and string.sub(text, at, at) == '}' then return keys, raw_keys, raw_values end
+  while at do
+    if string.sub(text, at, at) ~= '"' then return nil end
+    local key_end = string_end(text, at)
+    if not key_end then return nil end
+    local raw_key = string.sub(text, at, key_end)
+    at = string.find(text, '%S', key_end + 1)
+    if not at or string.sub(text, at, at) ~= ':' then return nil end
+    at = string.find(text, '%S', at + 1)
+    if not at then return nil end
+    local first, value_end = string.sub(text, at, at), nil
+    if first == '"' then
+      value_end = string_end(text, at)
+    elseif first ~= '{' and first ~= '[' then
+      local _
+      _, value_end = string.find(text, '^[^,}%s]+', at)
+    end
+    if not value_end then return nil end
+    keys[#keys + 1] = cjson.decode(raw_key)
+    raw_keys[#raw_keys + 1] = raw_key
+    raw_values[#raw_values + 1] = string.sub(text, at, value_end)
+    at = string.find(text, '%S', value_end + 1)
+    if not at then return nil end
+    local sep = string.sub(text, at, at)
+    if sep == '}' then return keys, raw_keys, raw_values end
+    if sep ~= ',' then return nil end
+    at = string.find(text, '%S', at + 1)
+  end
+  return nil
+end
+
+-- The referenced fields of a stored `d`, as {field = raw JSON value}.
+local function referenced(d)
+  local found = {}
+  if not INDEXING or not d or d == '' then return found end
+  local keys, _, raw_values = split_object(d)
+  if not keys then return found end
+  for i, key in ipairs(keys) do
+    if L.references[key] then found[key] = raw_values[i] end
+  end
+  return found
+end
+
+-- Moves `token` between the reference sets of its old and new field values.
+local function reindex(app, token, old, new)
+  for field, raw in pairs(old) do
+    if new[field] ~= raw then redis.call('SREM', fill(L.reference, app, token, '', field, raw), token) end
+  end
+  for field, raw in pairs(new) do
+    if old[field] ~= raw then redis.call('SADD', fill(L.reference, app, token, '', field, raw), token) end
+  end
 end
 
 -- Members are split from the left: tokens and app names never hold ':', ids may.
@@ -60,7 +138,9 @@ end
 
 -- Removes one session from every structure and tells every cache to drop it.
 local function remove_session(app, token, id)
-  redis.call('DEL', fill(L.session, app, token, id))
+  local key = fill(L.session, app, token, id)
+  if INDEXING then reindex(app, token, referenced(redis.call('HGET', key, 'd')), {}) end
+  redis.call('DEL', key)
   redis.call('ZREM', fill(L.app_sessions, app), fill(L.app_member, app, token, id))
   redis.call('ZREM', L.expiry_index, fill(L.global_member, app, token, id))
   local tokens = fill(L.user_tokens, app, token, id)

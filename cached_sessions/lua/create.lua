@@ -10,4 +10,5 @@ redis.call('ZADD', KEYS[2], now, fill(L.app_member, app, token, id))
 redis.call('ZADD', KEYS[3], now, id)
 redis.call('SADD', KEYS[4], token)
 redis.call('ZADD', KEYS[5], now + ttl, fill(L.global_member, app, token, id))
+reindex(app, token, {}, referenced(d))
 return 1

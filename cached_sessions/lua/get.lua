@@ -3,7 +3,11 @@
 -- Reads and touches in one step; `r` in the reply is the count before this read.
 local now, app, token = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
 local s = read_session(KEYS[1], now)
-if not s then return false end
+if not s then
+  -- 0: still in Redis but expired; nil: unknown or killed.
+  if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+  return false
+end
 local out = reply(s)
 redis.call('HINCRBY', KEYS[1], 'r', 1)
 touch(app, token, s, now)

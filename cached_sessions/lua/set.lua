@@ -2,58 +2,10 @@
 -- ARGV: now, app, token, max_bytes, then per changed key: key, key JSON, value JSON
 --       ('' removes the key)
 -- Reads, merges and writes in one step, so concurrent sets of different keys all survive.
--- `d` is merged as text: values are spliced in as the JSON the caller encoded, because
--- cjson would re-encode numbers with 14 significant digits and change them.
+-- `d` is merged as text (split_object): values are spliced in as the JSON the caller
+-- encoded.
 local now, app, token = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
 local max_bytes = tonumber(ARGV[ARG + 4])
-
--- Index of the closing quote of the JSON string that opens at `from`.
-local function string_end(text, from)
-  local at = from + 1
-  while true do
-    local hit = string.find(text, '["\\]', at)
-    if not hit then return nil end
-    if string.sub(text, hit, hit) == '"' then return hit end
-    at = hit + 2
-  end
-end
-
--- Splits a flat JSON object (scalar values only) into decoded keys and raw texts.
-local function split_object(text)
-  local keys, raw_keys, raw_values = {}, {}, {}
-  local at = string.find(text, '%S')
-  if not at or string.sub(text, at, at) ~= '{' then return nil end
-  at = string.find(text, '%S', at + 1)
-  if at and string.sub(text, at, at) == '}' then return keys, raw_keys, raw_values end
-  while at do
-    if string.sub(text, at, at) ~= '"' then return nil end
-    local key_end = string_end(text, at)
-    if not key_end then return nil end
-    local raw_key = string.sub(text, at, key_end)
-    at = string.find(text, '%S', key_end + 1)
-    if not at or string.sub(text, at, at) ~= ':' then return nil end
-    at = string.find(text, '%S', at + 1)
-    if not at then return nil end
-    local first, value_end = string.sub(text, at, at), nil
-    if first == '"' then
-      value_end = string_end(text, at)
-    elseif first ~= '{' and first ~= '[' then
-      local _
-      _, value_end = string.find(text, '^[^,}%s]+', at)
-    end
-    if not value_end then return nil end
-    keys[#keys + 1] = cjson.decode(raw_key)
-    raw_keys[#raw_keys + 1] = raw_key
-    raw_values[#raw_values + 1] = string.sub(text, at, value_end)
-    at = string.find(text, '%S', value_end + 1)
-    if not at then return nil end
-    local sep = string.sub(text, at, at)
-    if sep == '}' then return keys, raw_keys, raw_values end
-    if sep ~= ',' then return nil end
-    at = string.find(text, '%S', at + 1)
-  end
-  return nil
-end
 
 local s = read_session(KEYS[1], now)
 if not s then return false end
@@ -89,6 +41,7 @@ local merged = ''
 if #parts > 0 then merged = '{' .. table.concat(parts, ',') .. '}' end
 if #merged > max_bytes then return redis.error_reply('DATA_TOO_LARGE ' .. #merged) end
 
+local old_references = referenced(s.d)
 s.w = redis.call('HINCRBY', KEYS[1], 'w', 1)
 if merged == '' then
   redis.call('HDEL', KEYS[1], 'd')
@@ -96,6 +49,7 @@ else
   redis.call('HSET', KEYS[1], 'd', merged)
 end
 s.d = merged
+reindex(app, token, old_references, referenced(merged))
 touch(app, token, s, now)
 redis.call('PUBLISH', L.channel, fill(L.message, app, token, s.id))
 return reply(s)

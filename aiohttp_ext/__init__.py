@@ -7,13 +7,17 @@ from .middleware import (
     get_store,
     setup_sessions,
 )
-from .session import AnonymousSessionError, Session
+from .events import SessionEvent, SessionEvents
+from .session import AnonymousSessionError, SavePolicy, Session
 from .signing import TokenSigner
 
 __all__ = [
     "AnonymousSessionError",
+    "SavePolicy",
     "Session",
     "SessionConfig",
+    "SessionEvent",
+    "SessionEvents",
     "SessionStoreUnavailable",
     "TokenSigner",
     "get_session",

@@ -10,21 +10,24 @@ not issue, or can no longer find, give an anonymous session and clear the cookie
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from email.utils import formatdate
-from http.cookies import Morsel
 from typing import Final, Literal
 
 from aiohttp import hdrs, web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cached_sessions import RedisSessions, SessionsError
-from cached_sessions.validation import validate_app, validate_token
+from cached_sessions import RedisSessions
+from cached_sessions.validation import validate_app, validate_ttl
 
+from . import csrf
+from .cookies import CookiePolicy, PresentedToken
+from .events import SessionEvent, SessionEvents, hint
 from .session import Session
 from .signing import TokenSigner
 
@@ -40,10 +43,17 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 AppName = str | Callable[[web.Request], str]
-OnUnavailable = Literal["error", "anonymous"]
+Ttl = int | Callable[[web.Request], int]
+ValidHook = Callable[[web.Request, Session], bool | Awaitable[bool]]
+BeforeSaveHook = Callable[[web.Request, Session], Awaitable[None] | None]
+ErrorHandler = Callable[
+    [web.Request, Exception], web.StreamResponse | Awaitable[web.StreamResponse]
+]
+OnUnavailable = Literal["error", "anonymous"] | ErrorHandler
 
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 RETRY_AFTER_SECONDS = 1
+RETRY_PAUSE = 0.1
 
 
 class SessionStoreUnavailable(Exception):
@@ -54,36 +64,46 @@ class SessionStoreUnavailable(Exception):
 class SessionConfig:
     store: RedisSessions
     app_name: AppName
-    cookie_name: str
-    secure: bool
-    httponly: bool
-    samesite: str | None
-    domain: str | None
-    path: str
-    max_age: int | None
-    signer: TokenSigner | None
+    cookie: CookiePolicy
     bearer: bool
     on_unavailable: OnUnavailable
-    ttl: int
+    unavailable_wait: float
+    ttl: Ttl
+    rolling: bool
+    csrf: bool
+    csrf_cookie_name: str
+    valid: ValidHook | None
+    before_save: BeforeSaveHook | None
+    events: SessionEvents
 
 
 CONFIG_KEY: Final = web.AppKey("cached_sessions.config", SessionConfig)
 
 
-class RequestState:
-    """What one request knows about its session and owes its cookie."""
+async def _maybe_await(value: object) -> object:
+    return await value if inspect.isawaitable(value) else value
 
-    __slots__ = ("_app", "_cookie", "committed", "config", "presented", "request", "session")
+
+class RequestState:
+    """What one request knows about its session and owes its cookies."""
+
+    __slots__ = (
+        "_app", "_cookie", "_csrf_key", "_csrf_key_new", "committed", "config", "presented",
+        "request", "session", "via_bearer",
+    )  # fmt: skip
 
     def __init__(self, config: SessionConfig, request: web.Request) -> None:
         self.config = config
         self.request = request
         self.session: Session | None = None
         self.presented = False  # the request carried a session cookie
+        self.via_bearer = False  # the request carried an Authorization: Bearer token
         self.committed = False
         self._app: str | None = None
-        # None: leave the cookie alone; "": clear it; else: the value to set.
+        # None: leave the cookie alone; "": clear it; else: the token to set it to.
         self._cookie: str | None = None
+        self._csrf_key: str | None = None
+        self._csrf_key_new = False
 
     @property
     def store(self) -> RedisSessions:
@@ -96,91 +116,124 @@ class RequestState:
             self._app = validate_app(name(self.request) if callable(name) else name)
         return self._app
 
+    def ttl(self) -> int:
+        ttl = self.config.ttl
+        return validate_ttl(ttl(self.request) if callable(ttl) else ttl)
+
     def client_ip(self) -> str:
-        remote = self.request.remote or "unknown"
-        return remote[:39]
+        return (self.request.remote or "unknown")[:39]
 
     def set_cookie(self, token: str) -> None:
-        signer = self.config.signer
-        self._cookie = signer.sign(token) if signer else token
+        self._cookie = token
 
     def clear_cookie(self) -> None:
         self._cookie = "" if self.presented or self._cookie else None
 
-    def cookie_header(self) -> str | None:
-        if self._cookie is None:
-            return None
-        config = self.config
-        morsel: Morsel[str] = Morsel()
-        morsel.set(config.cookie_name, self._cookie, self._cookie)
-        morsel["path"] = config.path
-        if config.domain:
-            morsel["domain"] = config.domain
-        if config.secure:
-            morsel["secure"] = True
-        if config.httponly:
-            morsel["httponly"] = True
-        if config.samesite:
-            morsel["samesite"] = config.samesite
-        if self._cookie == "":
-            morsel["max-age"] = "0"
-            morsel["expires"] = "Thu, 01 Jan 1970 00:00:00 GMT"
-        elif config.max_age is not None:
-            morsel["max-age"] = str(config.max_age)
-            morsel["expires"] = formatdate(time.time() + config.max_age, usegmt=True)
-        return morsel.OutputString()
+    async def emit(
+        self, kind: str, reason: str, token: str | None, user_id: str | None = None
+    ) -> None:
+        event = SessionEvent(kind, reason, user_id, hint(token))
+        await self.config.events.emit(self.request, event)
+
+    # CSRF
+
+    def csrf_key(self, *, create: bool) -> str | None:
+        """The key CSRF tokens of this request's session are made with (see csrf.py)."""
+        session = self.session
+        if session is not None and session.token is not None:
+            return f"session:{session.token}"
+        if self._csrf_key is None:
+            self._csrf_key = self._presented_csrf_key()
+        if self._csrf_key is None and create:
+            self._csrf_key, self._csrf_key_new = csrf.new_key(), True
+        return None if self._csrf_key is None else f"anonymous:{self._csrf_key}"
+
+    def _presented_csrf_key(self) -> str | None:
+        value = self.request.cookies.get(self.config.csrf_cookie_name)
+        signer = self.config.cookie.signer
+        if not value or signer is None:
+            return value or None
+        verified = signer.verify(value)
+        return verified[0] if verified else None
+
+    def cookie_headers(self) -> list[str]:
+        policy = self.config.cookie
+        headers = []
+        if self._cookie is not None:
+            value = policy.value(self._cookie, time.time()) if self._cookie else None
+            headers.append(policy.header(value))
+        if self._csrf_key_new and self._csrf_key is not None:
+            signer = policy.signer
+            value = signer.sign(self._csrf_key) if signer else self._csrf_key
+            headers.append(policy.header(value, self.config.csrf_cookie_name))
+        return headers
 
 
 STATE_KEY: Final = web.RequestKey("cached_sessions.request_state", RequestState)
 
 
-def _presented_token(state: RequestState) -> tuple[str, bool] | None:
-    """The token the request carries and whether its signature is current, or None."""
+def _presented(state: RequestState) -> tuple[PresentedToken | None, bool]:
+    """The token the request carries, and whether it carried anything at all."""
     config, request = state.config, state.request
     value: str | None = None
     if config.bearer:
         scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
-            value = credentials.strip()
+            value, state.via_bearer = credentials.strip(), True
     if value is None:
-        value = request.cookies.get(config.cookie_name)
+        value = request.cookies.get(config.cookie.name)
         state.presented = value is not None
     if not value:
-        return None
-    current = True
-    if config.signer is not None:
-        verified = config.signer.verify(value)
-        if verified is None:
-            return None
-        value, current = verified
-    try:
-        return validate_token(value), current
-    except SessionsError:
-        return None
+        return None, False
+    return config.cookie.read(value), True
+
+
+async def _lookup(state: RequestState, token: str) -> tuple[Session | None, str]:
+    """The stored session and why not: waits up to `unavailable_wait` for Redis."""
+    deadline = time.monotonic() + state.config.unavailable_wait
+    while True:
+        try:
+            stored, status = await state.store.lookup(app=state.app, token=token)
+        except UNAVAILABLE_ERRORS:
+            if time.monotonic() + RETRY_PAUSE > deadline:
+                raise
+            await asyncio.sleep(RETRY_PAUSE)
+            continue
+        return (Session(state, stored, token) if stored else None), status
 
 
 async def _load(state: RequestState) -> Session:
-    presented = _presented_token(state)
+    presented, carried = _presented(state)
     if presented is None:
-        if state.presented:
-            state.clear_cookie()  # forged, tampered or malformed: no Redis call spent
+        if carried:
+            # Forged, tampered or malformed: no Redis call is spent on it.
+            state.clear_cookie()
+            await state.emit("invalid", "bad format or signature", None)
         return Session(state, None, None)
-    token, current = presented
+    token = presented.token
     try:
-        stored = await state.store.get(app=state.app, token=token)
+        session, status = await _lookup(state, token)
     except UNAVAILABLE_ERRORS as error:
-        if state.config.on_unavailable == "anonymous":
-            log.warning("session store unavailable (%s); going on anonymous", error)
-            session = Session(state, None, None)
-            session.unavailable = True
-            return session
-        raise SessionStoreUnavailable(str(error)) from error
-    if stored is None:
-        state.clear_cookie()  # unknown, expired or killed
+        if state.config.on_unavailable != "anonymous":
+            raise SessionStoreUnavailable(str(error)) from error
+        log.warning("session store unavailable (%s); going on anonymous", error)
+        anonymous = Session(state, None, None)
+        anonymous.unavailable = True
+        return anonymous
+    if session is None:
+        state.clear_cookie()
+        kind = "expired" if status == "expired" else "missed"
+        await state.emit(kind, f"token {status}", token)
         return Session(state, None, None)
-    if not current:
-        state.set_cookie(token)  # signed with an older secret: sign it with the first
-    return Session(state, stored, token)
+    valid = state.config.valid
+    if valid is not None and not await _maybe_await(valid(state.request, session)):
+        state.clear_cookie()
+        await state.emit("invalid", "refused by the valid() hook", token, session.user_id)
+        return Session(state, None, None)
+    renew = state.config.cookie.needs_renewal(presented, time.time())
+    if not presented.current_signature or renew or state.config.rolling:
+        state.set_cookie(token)
+    return session
 
 
 async def get_session(request: web.Request) -> Session:
@@ -196,24 +249,30 @@ async def get_session(request: web.Request) -> Session:
 
 def get_store(request: web.Request) -> RedisSessions:
     """The app's store, to manage other users' sessions."""
-    config: SessionConfig = request.config_dict[CONFIG_KEY]
-    return config.store
+    return request.config_dict[CONFIG_KEY].store
 
 
 async def _commit(state: RequestState, response: web.StreamResponse) -> None:
-    """Save the changes and set the cookie, once, before the headers are sent."""
+    """Save the changes and set the cookies, once, before the headers are sent."""
     if state.committed:
         return
     state.committed = True
     session = state.session
-    if session is not None and session.changed:
+    if session is not None and session.wants_save():
+        before_save = state.config.before_save
+        if before_save is not None:
+            await _maybe_await(before_save(state.request, session))
         await session.save()
-    header = state.cookie_header()
-    if header is not None:
+    for header in state.cookie_headers():
         response.headers.add(hdrs.SET_COOKIE, header)
 
 
-def _unavailable(error: BaseException) -> web.Response:
+async def _unavailable(request: web.Request, error: Exception) -> web.StreamResponse:
+    handler = request.config_dict[CONFIG_KEY].on_unavailable
+    if callable(handler):
+        response = await _maybe_await(handler(request, error))
+        assert isinstance(response, web.StreamResponse), "on_unavailable must return a response"
+        return response
     log.warning("session store unavailable: %s", error)
     return web.Response(
         status=503,
@@ -222,11 +281,33 @@ def _unavailable(error: BaseException) -> web.Response:
     )
 
 
+async def _csrf_refusal(state: RequestState) -> web.Response | None:
+    request = state.request
+    if not state.config.csrf or request.method not in csrf.UNSAFE_METHODS:
+        return None
+    session = await get_session(request)
+    if state.via_bearer:
+        return None  # no ambient credential: a cross-site page cannot send this header
+    token: object = request.headers.get(csrf.HEADER)
+    if token is None and request.content_type in csrf.FORM_TYPES:
+        token = (await request.post()).get(csrf.FORM_FIELD)
+    if await session.verify_csrf(token):
+        return None
+    return web.Response(
+        status=403,
+        text=f"CSRF token missing or invalid: send it in the {csrf.HEADER} header "
+        f"or the {csrf.FORM_FIELD} form field.\n",
+    )
+
+
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = RequestState(request.config_dict[CONFIG_KEY], request)
     request[STATE_KEY] = state
     try:
+        refusal = await _csrf_refusal(state)
+        if refusal is not None:
+            return refusal
         response = await handler(request)
         if not response.prepared:
             await _commit(state, response)
@@ -235,10 +316,10 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
         try:
             await _commit(state, exc)
         except (SessionStoreUnavailable, *UNAVAILABLE_ERRORS) as error:
-            return _unavailable(error)
+            return await _unavailable(request, error)
         raise
     except (SessionStoreUnavailable, *UNAVAILABLE_ERRORS) as error:
-        return _unavailable(error)
+        return await _unavailable(request, error)
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -263,42 +344,70 @@ def setup_sessions(
     secrets: Sequence[str | bytes] | None = None,
     bearer: bool = True,
     on_unavailable: OnUnavailable = "error",
-    ttl: int = 7200,
-) -> None:
-    """Install the session middleware and tie the store's lifetime to the app's."""
+    unavailable_wait: float = 0,
+    ttl: Ttl = 7200,
+    rolling: bool = False,
+    renew: bool = False,
+    csrf: bool = False,
+    csrf_cookie_name: str = "csrf",
+    valid: ValidHook | None = None,
+    before_save: BeforeSaveHook | None = None,
+    references: Sequence[str] = (),
+) -> SessionEvents:
+    """Install the middleware, tie the store's lifetime to the app's; returns its events."""
     if isinstance(app_name, str):
         validate_app(app_name)
     elif not callable(app_name):
         raise TypeError("app_name must be an app name or a callable of the request")
-    if on_unavailable not in ("error", "anonymous"):
-        raise ValueError('on_unavailable must be "error" or "anonymous"')
+    if on_unavailable not in ("error", "anonymous") and not callable(on_unavailable):
+        raise ValueError('on_unavailable must be "error", "anonymous" or a callable')
     if samesite not in ("Strict", "Lax", "None", None):
         raise ValueError('samesite must be "Strict", "Lax", "None" or None')
     if samesite == "None" and not secure:
         raise ValueError('samesite="None" needs secure=True: browsers refuse it otherwise')
     if max_age is not None and (not isinstance(max_age, int) or max_age < 0):
         raise ValueError("max_age must be None (a browser-session cookie) or seconds >= 0")
+    if renew and max_age is None:
+        raise ValueError("renew=True needs max_age: a browser-session cookie has no age")
+    if not callable(ttl):
+        validate_ttl(ttl)
+    if unavailable_wait < 0:
+        raise ValueError("unavailable_wait must be seconds >= 0")
+    store.index_references(references)
+    events = SessionEvents(app)
     app[CONFIG_KEY] = SessionConfig(
         store=store,
         app_name=app_name,
-        cookie_name=cookie_name,
-        secure=secure,
-        httponly=httponly,
-        samesite=samesite,
-        domain=domain,
-        path=path,
-        max_age=max_age,
-        signer=TokenSigner(secrets) if secrets is not None else None,
+        cookie=CookiePolicy(
+            name=cookie_name,
+            secure=secure,
+            httponly=httponly,
+            samesite=samesite,
+            domain=domain,
+            path=path,
+            max_age=max_age,
+            signer=TokenSigner(secrets) if secrets is not None else None,
+            renew=renew,
+        ),
         bearer=bearer,
         on_unavailable=on_unavailable,
+        unavailable_wait=float(unavailable_wait),
         ttl=ttl,
+        rolling=rolling,
+        csrf=csrf,
+        csrf_cookie_name=csrf_cookie_name,
+        valid=valid,
+        before_save=before_save,
+        events=events,
     )
     app.middlewares.append(session_middleware)
     app.on_response_prepare.append(_on_prepare)
 
     async def store_lifetime(_: web.Application) -> AsyncIterator[None]:
+        events.freeze()
         await store.start()
         yield
         await store.aclose()
 
     app.cleanup_ctx.append(store_lifetime)
+    return events

@@ -9,15 +9,20 @@ headers go out. An anonymous session (no user yet) holds no data: `upgrade()` fi
 from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cached_sessions import SessionDict
 from cached_sessions.validation import validate_data_item
 
+from . import csrf
+
 if TYPE_CHECKING:
     from .middleware import RequestState
 
-__all__ = ["AnonymousSessionError", "Session"]
+__all__ = ["AnonymousSessionError", "SavePolicy", "Session"]
+
+SavePolicy = Literal["changed", "always", "never"]
+SAVE_POLICIES: Final = ("changed", "always", "never")
 
 
 class AnonymousSessionError(RuntimeError):
@@ -37,7 +42,7 @@ class Session(MutableMapping[str, Any]):
     anonymous (`on_unavailable="anonymous"`).
     """
 
-    __slots__ = ("_changes", "_data", "_state", "_stored", "_token", "unavailable")
+    __slots__ = ("_changes", "_data", "_save_policy", "_state", "_stored", "_token", "unavailable")
 
     def __init__(self, state: RequestState, stored: SessionDict | None, token: str | None) -> None:
         self._state = state
@@ -45,6 +50,7 @@ class Session(MutableMapping[str, Any]):
         self._token = token
         self._data: dict[str, Any] = dict(stored.get("d", {})) if stored else {}
         self._changes: dict[str, Any] = {}
+        self._save_policy: SavePolicy = "changed"
         self.unavailable = False
 
     # Identity
@@ -73,6 +79,24 @@ class Session(MutableMapping[str, Any]):
     @property
     def changed(self) -> bool:
         return bool(self._changes)
+
+    @property
+    def save_policy(self) -> SavePolicy:
+        """This request's rule: `changed` (default) writes the changed keys;
+        `always` writes every key even if unchanged (or, with no data, counts a read so
+        the expiry slides); `never` writes nothing and drops the changes."""
+        return self._save_policy
+
+    @save_policy.setter
+    def save_policy(self, policy: SavePolicy) -> None:
+        if policy not in SAVE_POLICIES:
+            raise ValueError(f"save_policy must be one of {', '.join(SAVE_POLICIES)}")
+        self._save_policy = policy
+
+    def wants_save(self) -> bool:
+        if self._token is None or self._save_policy == "never":
+            return False
+        return self._save_policy == "always" or bool(self._changes)
 
     def __repr__(self) -> str:
         who = f"user_id={self.user_id!r}" if self._stored else "anonymous"
@@ -112,9 +136,16 @@ class Session(MutableMapping[str, Any]):
 
     async def save(self) -> None:
         """Write the pending changes now (the middleware does it once per request)."""
-        if not self._changes or self._token is None:
+        if self._token is None or self._save_policy == "never":
             return
         state = self._state
+        if self._save_policy == "always" and not self._changes:
+            if not self._data:
+                await state.store.get(app=state.app, token=self._token)
+                return
+            self._changes = dict(self._data)
+        if not self._changes:
+            return
         changes, self._changes = self._changes, {}
         try:
             stored = await state.store.set(app=state.app, token=self._token, d=changes)
@@ -154,7 +185,7 @@ class Session(MutableMapping[str, Any]):
             app=state.app,
             id=user_id,
             ip=state.client_ip(),
-            ttl=ttl if ttl is not None else state.config.ttl,
+            ttl=ttl if ttl is not None else state.ttl(),
         )
         old, self._token = self._token, created["token"]
         self._changes = {}
@@ -164,22 +195,51 @@ class Session(MutableMapping[str, Any]):
         state.set_cookie(self._token)
         if old is not None:
             await state.store.kill(app=state.app, token=old)
+            await state.emit("destroyed", "replaced by a new login", old, user_id)
+        await state.emit("created", "upgrade", self._token, user_id)
 
     async def destroy(self) -> None:
         """Log out: kill this session and clear the cookie."""
         state = self._state
-        if self._token is not None:
-            await state.store.kill(app=state.app, token=self._token)
+        token, user_id = self._token, self.user_id
+        if token is not None:
+            await state.store.kill(app=state.app, token=token)
+            await state.emit("destroyed", "logout", token, user_id)
         self._become_anonymous()
         state.clear_cookie()
 
     async def destroy_all(self) -> None:
         """Log this user out everywhere: every session of the user id, in every worker."""
         state = self._state
-        if self._stored is not None:
-            await state.store.killsoid(app=state.app, id=self._stored["id"])
+        token, user_id = self._token, self.user_id
+        if user_id is not None:
+            await state.store.killsoid(app=state.app, id=user_id)
+            await state.emit("destroyed", "logout everywhere", token, user_id)
         self._become_anonymous()
         state.clear_cookie()
+
+    async def kill_by(self, field: str, value: str | int | float | bool) -> int:
+        """Kill every session whose data holds `field` = `value` (a `references` key).
+
+        This session too, when it holds that value: it is anonymous afterwards.
+        """
+        state = self._state
+        killed = (await state.store.kill_by(app=state.app, field=field, value=value))["kill"]
+        if self._stored is not None and self._data.get(field) == value:
+            await state.emit("destroyed", f"kill_by {field}", self._token, self.user_id)
+            self._become_anonymous()
+            state.clear_cookie()
+        return killed
+
+    async def csrf_token(self) -> str:
+        """A CSRF token for this session: put it in forms or the X-CSRF-Token header."""
+        key = self._state.csrf_key(create=True)
+        assert key is not None
+        return csrf.csrf_token(key)
+
+    async def verify_csrf(self, token: object) -> bool:
+        """Whether `token` was made for this session (constant-time)."""
+        return csrf.verify_csrf(self._state.csrf_key(create=False), token)
 
     async def soid(self) -> list[SessionDict]:
         """The live sessions of this user (empty when anonymous)."""

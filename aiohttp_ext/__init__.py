@@ -1,5 +1,6 @@
 """aiohttp integration of cached-sessions: middleware, request-scoped sessions, demo."""
 
+from .events import SessionEvent, SessionEvents
 from .middleware import (
     SessionConfig,
     SessionStoreUnavailable,
@@ -7,7 +8,6 @@ from .middleware import (
     get_store,
     setup_sessions,
 )
-from .events import SessionEvent, SessionEvents
 from .session import AnonymousSessionError, SavePolicy, Session
 from .signing import TokenSigner
 

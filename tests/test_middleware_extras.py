@@ -1,0 +1,414 @@
+"""What koa and connect users expect: CSRF, hooks, events, cookie renewal, references."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http.cookies import SimpleCookie
+from typing import Any
+
+import pytest
+from aiohttp import DummyCookieJar, web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+
+from aiohttp_ext import SessionEvent, get_session, get_store, setup_sessions
+from cached_sessions import RedisSessions
+from tests.servers import ServerProcess
+
+APP = "shop"
+Client = TestClient[web.Request, web.Application]
+SECRET = "s" * 32
+
+
+def cookies_of(response: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for header in response.headers.getall("Set-Cookie", []):
+        parsed: SimpleCookie = SimpleCookie()
+        parsed.load(header)
+        found.update(parsed)
+    return found
+
+
+async def me(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    return web.json_response({"user": session.user_id, "data": dict(session)})
+
+
+async def login(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    ttl = request.query.get("ttl")
+    await session.upgrade(request.query.get("user", "alice"), ttl=int(ttl) if ttl else None)
+    session["org_id"] = int(request.query.get("org", "1"))
+    return web.json_response({"token": session.token, "csrf": await session.csrf_token()})
+
+
+async def token(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    return web.json_response({"csrf": await session.csrf_token()})
+
+
+async def change(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    policy = request.query.get("policy")
+    if policy:
+        session.save_policy = policy  # type: ignore[assignment]
+    if request.query.get("key"):
+        session[request.query["key"]] = request.query.get("value", "x")
+    return web.json_response({"ok": True})
+
+
+async def kill_org(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    killed = await session.kill_by("org_id", int(request.query["org"]))
+    return web.json_response({"killed": killed, "me": session.user_id})
+
+
+async def logout(request: web.Request) -> web.Response:
+    await (await get_session(request)).destroy()
+    return web.json_response({"ok": True})
+
+
+def build(store: RedisSessions, **options: Any) -> tuple[web.Application, Any]:
+    app = web.Application()
+    settings: dict[str, Any] = {"app_name": APP, "secure": False}
+    settings.update(options)
+    events = setup_sessions(app, store, **settings)
+    app.router.add_get("/me", me)
+    app.router.add_post("/me", me)
+    app.router.add_put("/me", me)
+    app.router.add_delete("/me", me)
+    app.router.add_post("/login", login)
+    app.router.add_get("/token", token)
+    app.router.add_post("/change", change)
+    app.router.add_post("/kill-org", kill_org)
+    app.router.add_post("/logout", logout)
+    return app, events
+
+
+MakeClient = Callable[..., Awaitable[tuple[Client, Any]]]
+
+
+@pytest.fixture
+async def make_client(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> AsyncIterator[MakeClient]:
+    async def make(
+        url: str | None = None, listen: Callable[..., Any] | None = None, **options: Any
+    ) -> tuple[Client, Any]:
+        store = RedisSessions(url=url or server.url, namespace=namespace, wipe=0, cachetime=30)
+        app, events = build(store, **options)
+        if listen is not None:  # signals take subscribers until the app starts
+            for signal in (
+                events.on_session_created, events.on_session_destroyed,
+                events.on_session_missed, events.on_session_invalid, events.on_session_expired,
+            ):  # fmt: skip
+                signal.append(listen)
+        client: Client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+        return client, events
+
+    yield make
+
+
+def sid(token: str, **more: str) -> dict[str, str]:
+    cookie = "; ".join([f"sid={token}", *(f"{k}={v}" for k, v in more.items())])
+    return {"Cookie": cookie}
+
+
+# CSRF
+
+
+async def test_csrf_token_rules(make_client: MakeClient) -> None:
+    client, _ = await make_client(csrf=True)
+    # An anonymous visitor: a login form protected by a double-submit cookie.
+    refused = await client.post("/login")
+    assert refused.status == 403 and "CSRF token missing or invalid" in await refused.text()
+    form = await client.get("/token")
+    anon_cookie = cookies_of(form)["csrf"]
+    assert anon_cookie["httponly"] is True
+    anon_token = (await form.json())["csrf"]
+    login = await client.post(
+        "/login", data={"csrf_token": anon_token}, headers={"Cookie": f"csrf={anon_cookie.value}"}
+    )
+    assert login.status == 200
+    mine = await login.json()
+    token, csrf_token = mine["token"], mine["csrf"]
+
+    assert (await client.get("/me", headers=sid(token))).status == 200  # safe method
+    for method in ("POST", "PUT", "DELETE"):
+        response = await client.request(method, "/me", headers=sid(token))
+        assert response.status == 403, method
+    # A header, a form field, and a JSON body with the header all pass.
+    assert (
+        await client.post("/me", headers={**sid(token), "X-CSRF-Token": csrf_token})
+    ).status == 200
+    posted = await client.post("/me", headers=sid(token), data={"csrf_token": csrf_token})
+    assert posted.status == 200
+    json_body = await client.post(
+        "/me", headers={**sid(token), "X-CSRF-Token": csrf_token}, json={"a": 1}
+    )
+    assert json_body.status == 200
+    # A token in a JSON body is not read: JSON requests must use the header.
+    in_json = await client.post("/me", headers=sid(token), json={"csrf_token": csrf_token})
+    assert in_json.status == 403
+    # Another session's token is refused, and so is a tampered one.
+    other = await (
+        await client.post(
+            "/login",
+            data={"csrf_token": anon_token},
+            headers={"Cookie": f"csrf={anon_cookie.value}"},
+        )
+    ).json()
+    crossed = await client.post("/me", headers={**sid(token), "X-CSRF-Token": other["csrf"]})
+    assert crossed.status == 403
+    tampered = csrf_token[:-2] + ("AA" if not csrf_token.endswith("AA") else "BB")
+    assert (
+        await client.post("/me", headers={**sid(token), "X-CSRF-Token": tampered})
+    ).status == 403
+    # The anonymous token does not work for the logged-in session.
+    assert (
+        await client.post("/me", headers={**sid(token), "X-CSRF-Token": anon_token})
+    ).status == 403
+
+
+async def test_csrf_tokens_die_with_their_session(make_client: MakeClient) -> None:
+    client, _ = await make_client(csrf=True, bearer=True)
+    login = await (await client.post("/login", headers={"Authorization": "Bearer none"})).json()
+    token, csrf_token = login["token"], login["csrf"]
+    header = {**sid(token), "X-CSRF-Token": csrf_token}
+    assert (await client.post("/logout", headers=header)).status == 200
+    # Logged out: the old token and its CSRF token are worthless.
+    assert (await client.post("/me", headers=header)).status == 403
+    # An upgrade (new login) on a session issues a new token: the old CSRF token dies.
+    login = await (await client.post("/login", headers={"Authorization": "Bearer none"})).json()
+    header = {**sid(login["token"]), "X-CSRF-Token": login["csrf"]}
+    upgraded = await client.post("/login", headers=header)
+    assert upgraded.status == 200
+    new = (await upgraded.json())["token"]
+    assert (
+        await client.post("/me", headers={**sid(new), "X-CSRF-Token": login["csrf"]})
+    ).status == 403
+
+
+async def test_bearer_requests_are_exempt_from_csrf(make_client: MakeClient) -> None:
+    client, _ = await make_client(csrf=True)
+    login = await client.post("/login", headers={"Authorization": "Bearer nobody"})
+    assert login.status == 200
+    token = (await login.json())["token"]
+    response = await client.post("/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status == 200 and (await response.json())["user"] == "alice"
+
+
+async def test_signed_double_submit_cookie_refuses_a_planted_key(make_client: MakeClient) -> None:
+    client, _ = await make_client(csrf=True, secrets=[SECRET])
+    form = await client.get("/token")
+    cookie = cookies_of(form)["csrf"].value
+    assert "." in cookie  # signed
+    ok = await client.post(
+        "/login",
+        data={"csrf_token": (await form.json())["csrf"]},
+        headers={"Cookie": f"csrf={cookie}"},
+    )
+    assert ok.status == 200
+    # A key planted by someone who cannot sign it (a subdomain setting a cookie).
+    from aiohttp_ext.csrf import csrf_token
+
+    planted = "attacker-chosen-key"
+    forged = await client.post(
+        "/login", data={"csrf_token": csrf_token(f"anonymous:{planted}")},
+        headers={"Cookie": f"csrf={planted}"},
+    )  # fmt: skip
+    assert forged.status == 403
+
+
+# Hooks and events
+
+
+async def test_valid_hook_refuses_a_session_and_clears_the_cookie(make_client: MakeClient) -> None:
+    def same_agent(request: web.Request, session: Any) -> bool:
+        return request.headers.get("User-Agent") != "changed"
+
+    seen: list[SessionEvent] = []
+
+    async def record(request: web.Request, event: SessionEvent) -> None:
+        seen.append(event)
+
+    client, _ = await make_client(valid=same_agent, listen=record)
+    token = (await (await client.post("/login")).json())["token"]
+    assert (await (await client.get("/me", headers=sid(token))).json())["user"] == "alice"
+    refused = await client.get("/me", headers={**sid(token), "User-Agent": "changed"})
+    assert (await refused.json())["user"] is None
+    assert cookies_of(refused)["sid"]["max-age"] == "0"
+    assert [(e.kind, e.reason) for e in seen if e.kind == "invalid"] == [
+        ("invalid", "refused by the valid() hook")
+    ]
+
+
+async def test_before_save_runs_before_the_write(make_client: MakeClient) -> None:
+    async def stamp(request: web.Request, session: Any) -> None:
+        session["saved_by"] = "hook"
+
+    client, _ = await make_client(before_save=stamp)
+    token = (await (await client.post("/login")).json())["token"]
+    await client.post("/change", params={"key": "a"}, headers=sid(token))
+    data = (await (await client.get("/me", headers=sid(token))).json())["data"]
+    assert data == {"org_id": 1, "a": "x", "saved_by": "hook"}
+
+
+async def test_events_for_each_kind_and_logs_without_full_tokens(
+    make_client: MakeClient, server: ServerProcess, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[tuple[str, str | None]] = []
+
+    async def record(request: web.Request, event: SessionEvent) -> None:
+        seen.append((event.kind, event.user_id))
+
+    client, _ = await make_client(listen=record)
+    caplog.set_level("INFO", logger="aiohttp_ext.sessions")
+    token = (await (await client.post("/login", params={"user": "ann"})).json())["token"]
+    await client.post("/logout", headers=sid(token))
+    await client.get("/me", headers=sid(token))  # killed: missed
+    await client.get("/me", headers=sid("short"))  # malformed: invalid
+    async with RedisSessions(
+        url=server.url, namespace=namespace, wipe=0, clock=lambda: time.time() - 3600
+    ) as old:
+        stale = (await old.create(app=APP, id="old", ip="1.2.3.4", ttl=60))["token"]
+    await client.get("/me", headers=sid(stale))  # expired
+    assert seen == [
+        ("created", "ann"), ("destroyed", "ann"), ("missed", None), ("invalid", None),
+        ("expired", None),
+    ]  # fmt: skip
+    assert token not in caplog.text and stale not in caplog.text
+    assert token[:6] in caplog.text
+
+
+# Cookies and expiry
+
+
+async def test_rolling_resends_the_cookie_on_every_response(make_client: MakeClient) -> None:
+    client, _ = await make_client(rolling=True, max_age=600)
+    token = (await (await client.post("/login")).json())["token"]
+    response = await client.get("/me", headers=sid(token))
+    assert cookies_of(response)["sid"].value == token
+    assert cookies_of(response)["sid"]["max-age"] == "600"
+    quiet, _ = await make_client(max_age=600)
+    token = (await (await quiet.post("/login")).json())["token"]
+    assert "sid" not in cookies_of(await quiet.get("/me", headers=sid(token)))
+
+
+async def test_renew_resends_only_past_half_its_age(make_client: MakeClient) -> None:
+    client, _ = await make_client(renew=True, max_age=600)
+    login = await client.post("/login")
+    fresh = cookies_of(login)["sid"].value
+    token, _, issued = fresh.partition("~")
+    assert len(token) == 64 and issued
+    assert "sid" not in cookies_of(await client.get("/me", headers=sid(fresh)))
+    old = f"{token}~{int(time.time()) - 400:x}"  # 400 of 600 s used: renew
+    renewed = cookies_of(await client.get("/me", headers=sid(old)))["sid"].value
+    assert renewed.startswith(token + "~") and renewed != old
+    plain = cookies_of(await client.get("/me", headers=sid(token)))["sid"].value
+    assert plain.startswith(token + "~")
+
+
+async def test_ttl_from_a_callable_and_per_upgrade(
+    make_client: MakeClient, redis: Redis, namespace: str
+) -> None:
+    client, _ = await make_client(
+        ttl=lambda request: 86400 if request.query.get("remember") else 600
+    )
+    short = (await (await client.post("/login")).json())["token"]
+    long = (await (await client.post("/login", params={"remember": "1"})).json())["token"]
+    chosen = (await (await client.post("/login", params={"ttl": "42"})).json())["token"]
+    ttls = [await redis.hget(f"{namespace}:{APP}:{t}", "ttl") for t in (short, long, chosen)]
+    assert ttls == ["600", "86400", "42"]
+
+
+async def test_save_policy_never_and_always(
+    make_client: MakeClient, redis: Redis, namespace: str
+) -> None:
+    client, _ = await make_client()
+    token = (await (await client.post("/login")).json())["token"]
+    key = f"{namespace}:{APP}:{token}"
+    await client.post("/change", params={"key": "a", "policy": "never"}, headers=sid(token))
+    assert (await (await client.get("/me", headers=sid(token))).json())["data"] == {"org_id": 1}
+    w = int(await redis.hget(key, "w") or 0)
+    await client.post("/change", params={"policy": "always"}, headers=sid(token))
+    assert int(await redis.hget(key, "w") or 0) == w + 1
+    bad = await client.post("/change", params={"policy": "sometimes"}, headers=sid(token))
+    assert bad.status == 500  # a programming error in the handler, reported as one
+
+
+# References and outages
+
+
+async def test_references_kill_by_from_a_session(make_client: MakeClient) -> None:
+    client, _ = await make_client(references=("org_id",))
+    a = (await (await client.post("/login", params={"user": "a", "org": "7"})).json())["token"]
+    b = (await (await client.post("/login", params={"user": "b", "org": "7"})).json())["token"]
+    c = (await (await client.post("/login", params={"user": "c", "org": "8"})).json())["token"]
+    result = await (await client.post("/kill-org", params={"org": "7"}, headers=sid(c))).json()
+    assert result == {"killed": 2, "me": "c"}
+    users = [(await (await client.get("/me", headers=sid(t))).json())["user"] for t in (a, b, c)]
+    assert users == [None, None, "c"]
+    mine = await client.post("/kill-org", params={"org": "8"}, headers=sid(c))
+    assert (await mine.json()) == {"killed": 1, "me": None}
+    assert cookies_of(mine)["sid"]["max-age"] == "0"
+
+
+@pytest.fixture
+def own_server() -> Any:
+    import os
+
+    process = ServerProcess(os.environ.get("CACHED_SESSIONS_TEST_SERVER", "valkey"))
+    process.start()
+    yield process
+    process.cleanup()
+
+
+async def test_unavailable_wait_rides_out_a_short_outage(
+    make_client: MakeClient, own_server: ServerProcess
+) -> None:
+    patient, _ = await make_client(url=own_server.url, unavailable_wait=5)
+    hasty, _ = await make_client(url=own_server.url)
+    token = (await (await patient.post("/login")).json())["token"]
+    own_server.stop()
+    assert (await hasty.get("/me", headers=sid(token))).status == 503
+    restart = asyncio.get_running_loop().run_in_executor(None, _restart_later, own_server)
+    started = time.monotonic()
+    response = await patient.get("/me", headers=sid(token))
+    await restart
+    assert response.status == 200  # it waited; the restarted server lost the session
+    assert 0.3 < time.monotonic() - started < 5
+
+
+def _restart_later(server: ServerProcess) -> None:
+    time.sleep(0.5)
+    server.start()
+
+
+async def test_on_unavailable_callable_makes_the_response(
+    make_client: MakeClient, own_server: ServerProcess
+) -> None:
+    def maintenance(request: web.Request, error: Exception) -> web.Response:
+        return web.Response(status=307, headers={"Location": "/maintenance"})
+
+    client, _ = await make_client(url=own_server.url, on_unavailable=maintenance)
+    token = (await (await client.post("/login")).json())["token"]
+    own_server.stop()
+    response = await client.get("/me", headers=sid(token), allow_redirects=False)
+    assert (response.status, response.headers["Location"]) == (307, "/maintenance")
+
+
+async def test_get_store_gives_the_apps_store(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> None:
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0)
+    app, _ = build(store)
+
+    async def which(request: web.Request) -> web.Response:
+        return web.json_response({"same": get_store(request) is store})
+
+    app.router.add_get("/which", which)
+    client = await aiohttp_client(app)
+    assert (await (await client.get("/which")).json()) == {"same": True}

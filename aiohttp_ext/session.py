@@ -200,23 +200,21 @@ class Session(MutableMapping[str, Any]):
 
     async def destroy(self) -> None:
         """Log out: kill this session and clear the cookie."""
-        state = self._state
-        token, user_id = self._token, self.user_id
-        if token is not None:
-            await state.store.kill(app=state.app, token=token)
-            await state.emit("destroyed", "logout", token, user_id)
-        self._become_anonymous()
-        state.clear_cookie()
+        if self._token is not None:
+            await self._state.store.kill(app=self._state.app, token=self._token)
+        await self._ended("logout")
 
     async def destroy_all(self) -> None:
         """Log this user out everywhere: every session of the user id, in every worker."""
-        state = self._state
-        token, user_id = self._token, self.user_id
-        if user_id is not None:
-            await state.store.killsoid(app=state.app, id=user_id)
-            await state.emit("destroyed", "logout everywhere", token, user_id)
+        if self.user_id is not None:
+            await self._state.store.killsoid(app=self._state.app, id=self.user_id)
+        await self._ended("logout everywhere")
+
+    async def _ended(self, reason: str) -> None:
+        if self._token is not None:
+            await self._state.emit("destroyed", reason, self._token, self.user_id)
         self._become_anonymous()
-        state.clear_cookie()
+        self._state.clear_cookie()
 
     async def kill_by(self, field: str, value: str | int | float | bool) -> int:
         """Kill every session whose data holds `field` = `value` (a `references` key).
@@ -226,9 +224,7 @@ class Session(MutableMapping[str, Any]):
         state = self._state
         killed = (await state.store.kill_by(app=state.app, field=field, value=value))["kill"]
         if self._stored is not None and self._data.get(field) == value:
-            await state.emit("destroyed", f"kill_by {field}", self._token, self.user_id)
-            self._become_anonymous()
-            state.clear_cookie()
+            await self._ended(f"kill_by {field}")
         return killed
 
     async def csrf_token(self) -> str:

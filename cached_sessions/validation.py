@@ -77,21 +77,21 @@ def validate_token(token: object) -> str:
     return token
 
 
+def _text_item(value: object, item: str, max_length: int) -> str:
+    _present(value, item)
+    # Length first: a huge value is refused without scanning it.
+    if not isinstance(value, str) or len(value) > max_length or _CONTROL.search(value):
+        raise InvalidFormatError(f"Invalid {item} format")
+    _require_utf8(value, f"Invalid {item} format")
+    return value
+
+
 def validate_id(id: object) -> str:
-    _present(id, "id")
-    # Length first: a huge id is refused without scanning it.
-    if not isinstance(id, str) or len(id) > MAX_ID_LENGTH or _CONTROL.search(id):
-        raise InvalidFormatError("Invalid id format")
-    _require_utf8(id, "Invalid id format")
-    return id
+    return _text_item(id, "id", MAX_ID_LENGTH)
 
 
 def validate_ip(ip: object) -> str:
-    _present(ip, "ip")
-    if not isinstance(ip, str) or len(ip) > MAX_IP_LENGTH or _CONTROL.search(ip):
-        raise InvalidFormatError("Invalid ip format")
-    _require_utf8(ip, "Invalid ip format")
-    return ip
+    return _text_item(ip, "ip", MAX_IP_LENGTH)
 
 
 def validate_ttl(ttl: object, item: str = "ttl") -> int:

@@ -41,7 +41,8 @@ padding: .3rem; text-align: left; }} form {{ display: inline-block; margin: .3re
 <h1>cached-sessions demo</h1>
 <p class="worker" id="worker">Served by worker {worker} (pid {pid})</p>
 {body}
-<p><a href="/metrics">/metrics</a> of this worker &middot; reload to meet another worker</p>
+<p><a href="/metrics">/metrics</a> of this worker &middot; a browser keeps its connection, and
+so its worker; another browser, a private window or <code>curl</code> may meet the other</p>
 </body></html>
 """
 

@@ -44,12 +44,14 @@ def call(
 
 
 @pytest.fixture(scope="module")
-def demo(server: ServerProcess) -> Iterator[str]:
+def demo(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
+    log_path = tmp_path_factory.mktemp("demo") / "demo.log"
+    log = log_path.open("wb")  # a file, not a pipe: nothing would drain a pipe
     process = subprocess.Popen(
         [sys.executable, "-m", "aiohttp_ext.demo", "--workers", "2", "--port", str(port),
          "--redis-url", server.url],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -67,9 +69,10 @@ def demo(server: ServerProcess) -> Iterator[str]:
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher and its workers
             process.wait(5)
-        assert process.returncode == 0, process.stdout.read().decode() if process.stdout else ""
+        log.close()
+        assert process.returncode == 0, log_path.read_text(errors="replace")
 
 
 def me(base: str, cookie: str) -> dict[str, object]:

@@ -1,14 +1,9 @@
 """aiohttp integration of cached-sessions: middleware, request-scoped sessions, demo."""
 
+from .errors import AnonymousSessionError, SessionStoreUnavailable
 from .events import SessionEvent, SessionEvents
-from .middleware import (
-    SessionConfig,
-    SessionStoreUnavailable,
-    get_session,
-    get_store,
-    setup_sessions,
-)
-from .session import AnonymousSessionError, SavePolicy, Session
+from .middleware import SessionConfig, get_session, get_store, setup_sessions
+from .session import SavePolicy, Session
 from .signing import TokenSigner
 
 __all__ = [

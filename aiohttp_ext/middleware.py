@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from aiohttp import hdrs, web
+from aiohttp.http_writer import StreamWriter
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -27,6 +28,7 @@ from cached_sessions.validation import validate_app, validate_ttl
 
 from . import csrf
 from .cookies import CookiePolicy, PresentedToken
+from .errors import SessionStoreUnavailable
 from .events import SessionEvent, SessionEvents, hint
 from .session import Session
 from .signing import TokenSigner
@@ -54,10 +56,6 @@ OnUnavailable = Literal["error", "anonymous"] | ErrorHandler
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 RETRY_AFTER_SECONDS = 1
 RETRY_PAUSE = 0.1
-
-
-class SessionStoreUnavailable(Exception):
-    """Redis could not be reached; the middleware answers 503 with Retry-After."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,8 +323,19 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     # Streamed responses, files and WebSockets are prepared inside the handler.
     state = request.get(STATE_KEY)
-    if state is not None:
+    if state is None:
+        return
+    try:
         await _commit(state, response)
+    except (SessionStoreUnavailable, *UNAVAILABLE_ERRORS):
+        # Nothing has been sent yet, and the middleware answers 503 instead; but this
+        # response already set the connection's writer up for its own body (chunked
+        # framing, compression), which the 503 must not inherit.
+        writer = request.writer
+        if isinstance(writer, StreamWriter):
+            writer.chunked = False
+            writer._compress = None
+        raise
 
 
 def setup_sessions(

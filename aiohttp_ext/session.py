@@ -15,6 +15,7 @@ from cached_sessions import SessionDict
 from cached_sessions.validation import validate_data_item
 
 from . import csrf
+from .errors import AnonymousSessionError, SessionStoreUnavailable
 
 if TYPE_CHECKING:
     from .middleware import RequestState
@@ -23,16 +24,6 @@ __all__ = ["AnonymousSessionError", "SavePolicy", "Session"]
 
 SavePolicy = Literal["changed", "always", "never"]
 SAVE_POLICIES: Final = ("changed", "always", "never")
-
-
-class AnonymousSessionError(RuntimeError):
-    """Data was written to a session that has no user yet."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "this session is anonymous and holds no data: call `await session.upgrade(user_id)` "
-            "(log in) before storing values in it"
-        )
 
 
 class Session(MutableMapping[str, Any]):
@@ -200,15 +191,24 @@ class Session(MutableMapping[str, Any]):
 
     async def destroy(self) -> None:
         """Log out: kill this session and clear the cookie."""
+        self._refuse_if_unavailable("log out")
         if self._token is not None:
             await self._state.store.kill(app=self._state.app, token=self._token)
         await self._ended("logout")
 
     async def destroy_all(self) -> None:
         """Log this user out everywhere: every session of the user id, in every worker."""
+        self._refuse_if_unavailable("log out everywhere")
         if self.user_id is not None:
             await self._state.store.killsoid(app=self._state.app, id=self.user_id)
         await self._ended("logout everywhere")
+
+    def _refuse_if_unavailable(self, action: str) -> None:
+        # The request went on anonymous only because Redis was away: the real session
+        # may still exist, so saying "logged out" would be a lie. The middleware answers
+        # 503 instead, and the cookie stays.
+        if self.unavailable:
+            raise SessionStoreUnavailable(f"cannot {action} while the session store is away")
 
     async def _ended(self, reason: str) -> None:
         if self._token is not None:

@@ -8,6 +8,7 @@ that with `secrets`, unsigned cookies are refused, which is the point of signing
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -21,6 +22,7 @@ from .signing import TokenSigner
 __all__ = ["CookiePolicy", "PresentedToken"]
 
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+_ISSUED = re.compile(r"[0-9a-f]{1,12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +57,13 @@ class CookiePolicy:
                 return None
             value, current = verified
         token, tilde, issued = value.partition("~")
+        if tilde and _ISSUED.fullmatch(issued) is None:
+            return None
         try:
             token = validate_token(token)
-            when = int(issued, 16) if tilde else None
-        except (SessionsError, ValueError):
+        except SessionsError:
             return None
-        return PresentedToken(token, current, when)
+        return PresentedToken(token, current, int(issued, 16) if tilde else None)
 
     def needs_renewal(self, presented: PresentedToken, now: float) -> bool:
         """`renew`: less than half of the cookie's age remains."""

@@ -12,10 +12,17 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 from redis.asyncio import Redis
 
 from cached_sessions import RedisSessions
 from tests.servers import ServerProcess
+
+
+# The same examples on every run, so that a red build is reproducible; explore with
+# `--hypothesis-seed=random` when hunting for new cases.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 
 class ManualClock:

@@ -161,11 +161,8 @@ class Env:
             else:
                 return None, True
         token, tilde, issued = payload.partition("~")
-        if tilde:
-            try:
-                int(issued, 16)
-            except ValueError:
-                return None, True
+        if tilde and re.fullmatch(r"[0-9a-f]{1,12}", issued) is None:
+            return None, True
         user = self.users.get(token)
         return user, current if user is not None else True
 

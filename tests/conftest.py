@@ -18,7 +18,6 @@ from redis.asyncio import Redis
 from cached_sessions import RedisSessions
 from tests.servers import ServerProcess
 
-
 # The same examples on every run, so that a red build is reproducible; explore with
 # `--hypothesis-seed=random` when hunting for new cases.
 settings.register_profile("deterministic", derandomize=True, database=None)

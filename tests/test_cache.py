@@ -65,7 +65,7 @@ async def until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
 
 
 async def test_a_hit_costs_no_redis_call(store: Store, redis: Redis) -> None:
-    rs = await store()
+    rs = await store(clock=ManualClock(), timer=ManualClock(1000.0))  # idle stays 0
     token = await new(rs, d={"a": 1})
     first = await rs.get(app=APP, token=token)
     before = await script_calls(redis)

@@ -75,10 +75,12 @@ class Subscriber:
                 except SubscriptionLost as lost:
                     was_subscribed = self._lose(lost.reason)
                 except (ConnectionError, TimeoutError, OSError) as error:
+                    raise_if_cancelling()
                     was_subscribed = self._lose("connection_error", error)
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
+                    raise_if_cancelling()
                     was_subscribed = self._lose("error", error)
                 if was_subscribed:
                     delay = 0.02
@@ -142,6 +144,17 @@ class Subscriber:
             # Which session it meant is unknown, so none of them can be trusted.
             log.warning("malformed message on %s; cache flushed", self._channel)
             self._cache.flush("malformed_message")
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that a timeout turned into TimeoutError.
+
+    On Python 3.11 a cancel that races with a read timeout inside the client can come
+    out as TimeoutError; a loop that catches it and goes on would never stop.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _text(value: object) -> str:

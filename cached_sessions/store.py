@@ -8,7 +8,6 @@ and the scripts speak redis-sessions 4.x, so a Node service can share the sessio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -26,7 +25,7 @@ from redis.exceptions import ResponseError
 from .cache import SessionCache
 from .embedded import EmbeddedServer
 from .errors import InvalidValueError, MissingParameterError, SessionsClosedError, StoredDataError
-from .invalidation import Subscriber
+from .invalidation import Subscriber, raise_if_cancelling
 from .keys import KeyLayout
 from .model import EXPIRED, FOUND, MISSING, Fetched, SessionDict, session_from_reply
 from .scripts import Scripts
@@ -58,6 +57,7 @@ DEFAULT_PING_INTERVAL = 1.0
 MIN_PING_TIMEOUT = 0.5
 TOUCH_MARGIN = 1.0
 CLOSE_FLUSH_TIMEOUT = 2.0
+CLOSE_TASK_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0
 CONNECTION_WAIT = 5.0
 
@@ -220,9 +220,13 @@ class RedisSessions:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_TASK_TIMEOUT)
+            for task in stuck:
+                log.error("task %r did not stop within %s s", task.get_name(), CLOSE_TASK_TIMEOUT)
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.warning("task %r had failed: %s", task.get_name(), task.exception())
         client, self._redis = self._redis, None
         if client is not None and client is not self._given:
             await client.aclose(close_connection_pool=True)
@@ -575,4 +579,5 @@ class RedisSessions:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                raise_if_cancelling()
                 log.warning("wipe failed (%s); trying again in %d s", error, interval)

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from .cache import CachedEntry, SessionCache
+from .invalidation import raise_if_cancelling
 from .keys import KeyLayout
 from .scripts import Scripts
 
@@ -56,6 +57,7 @@ class TouchFlusher:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                raise_if_cancelling()
                 log.warning("could not write cached reads to Redis (%s); will retry", error)
 
     async def flush(self) -> int:

@@ -1,13 +1,14 @@
 """One server-side Lua script per operation, loaded once per client.
 
-Each script is the shared prelude (`lua/_lib.lua`) followed by the operation's body.
+Each script is a header with the layout's key templates and the indexed reference
+fields (so that no call has to send them), the shared prelude (`lua/_lib.lua`), then
+the operation's body.
 redis-py's `AsyncScript` sends EVALSHA and loads the script again after a NOSCRIPT
 reply (a restarted or flushed server), so callers never see that error.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-from .keys import KeyLayout
+from .keys import TEMPLATE_ORDER, KeyLayout
 
 __all__ = ["OPERATIONS", "Scripts", "script_source"]
 
@@ -29,38 +30,61 @@ OPERATIONS = (
 
 
 @cache
-def script_source(operation: str) -> str:
-    """The full Lua text of one operation (prelude + body)."""
-    folder = resources.files(__package__).joinpath("lua")
-    prelude = folder.joinpath("_lib.lua").read_text(encoding="utf-8")
-    body = folder.joinpath(f"{operation}.lua").read_text(encoding="utf-8")
-    return f"{prelude}\n{body}"
+def _lua_file(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:<> ")
+
+
+def _lua_string(text: str) -> str:
+    """A Lua string literal for any text: bytes outside a plain set become \\ddd."""
+    return '"' + "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in text.encode()) + '"'
+
+
+def layout_header(layout: KeyLayout, references: Sequence[str] = ()) -> str:
+    fields = ", ".join(
+        f"{name} = {_lua_string(t)}"
+        for name, t in zip(TEMPLATE_ORDER, layout.templates(), strict=True)
+    )
+    indexed = ", ".join(f"[{_lua_string(field)}] = true" for field in references)
+    return f"local L = {{{fields}, references = {{{indexed}}}}}\n"
+
+
+def script_source(operation: str, header: str) -> str:
+    """The full Lua text of one operation (header + prelude + body)."""
+    return f"{header}{_lua_file('_lib')}\n{_lua_file(operation)}"
 
 
 @dataclass(slots=True)
 class Scripts:
-    """The operation scripts bound to one client, with the layout's templates."""
+    """The operation scripts bound to one client, for one layout."""
 
-    templates: tuple[str, ...]  # the layout's templates, then the reference fields
     _scripts: dict[str, AsyncScript]
 
     @classmethod
     def bind(cls, client: Redis, layout: KeyLayout, references: Sequence[str] = ()) -> Scripts:
         """`references`: the data keys whose values the scripts index (kill_by)."""
-        scripts = {op: client.register_script(script_source(op)) for op in OPERATIONS}
-        fixed = (*layout.templates(), json.dumps(list(references)))
-        return cls(templates=fixed, _scripts=scripts)
+        header = layout_header(layout, references)
+        scripts = {op: client.register_script(script_source(op, header)) for op in OPERATIONS}
+        return cls(_scripts=scripts)
+
+    async def preload(self, client: Redis) -> None:
+        """Load every script in one round trip, so no first call meets NOSCRIPT."""
+        pipe = client.pipeline(transaction=False)
+        for script in self._scripts.values():
+            pipe.script_load(script.script)
+        await pipe.execute()
 
     async def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        script = self._scripts[operation]
-        return await script(keys=list(keys), args=[*self.templates, *args])
+        return await self._scripts[operation](keys=keys, args=args)
 
     def queue(
         self, pipe: Pipeline, operation: str, keys: Sequence[str], args: Sequence[Any]
     ) -> None:
         """Add one call to a pipeline as a bare EVALSHA (no per-batch SCRIPT EXISTS)."""
         sha = self._scripts[operation].sha
-        pipe.evalsha(sha, len(keys), *keys, *self.templates, *args)
+        pipe.evalsha(sha, len(keys), *keys, *args)
 
     async def load(self, client: Redis, operation: str) -> None:
         """Load a script after NOSCRIPT, for pipelines (run() does this by itself)."""

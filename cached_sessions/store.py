@@ -242,9 +242,11 @@ class RedisSessions:
             if self._closed:
                 raise SessionsClosedError()
             if self._scripts is None:
-                client = self._given or await self._connect()
-                self._redis = client
+                if self._redis is None:  # once: a failed preload retries on this client
+                    self._redis = self._given or await self._connect()
+                client = self._redis
                 scripts = Scripts.bind(client, self._layout, self._references)
+                await scripts.preload(client)
                 self._start_tasks(client, scripts)
                 self._scripts = scripts
             return self._scripts

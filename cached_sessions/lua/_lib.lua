@@ -1,17 +1,10 @@
--- Shared prelude of every script; scripts.py puts it in front of each one.
--- ARGV[1..10] are the key templates (keys.py, TEMPLATE_ORDER) and ARGV[11] the JSON
--- list of the data keys indexed as references; an operation's own arguments start at
--- ARGV[ARG + 1]. Every check runs before the first write, because Redis does not roll
--- back a script that fails halfway.
-local L = {
-  session = ARGV[1], app_sessions = ARGV[2], app_users = ARGV[3],
-  user_tokens = ARGV[4], expiry_index = ARGV[5], app_member = ARGV[6],
-  global_member = ARGV[7], channel = ARGV[8], message = ARGV[9], reference = ARGV[10],
-  references = {},
-}
-for _, field in ipairs(cjson.decode(ARGV[11])) do L.references[field] = true end
+-- Shared prelude of every script; scripts.py puts it after a header that defines
+-- `L`, the key templates of the layout (keys.py) and the set of data keys indexed as
+-- references, written into the script text so no call has to send them. An
+-- operation's own arguments are ARGV. Every check runs before the first write,
+-- because Redis does not roll back a script that fails halfway.
 local INDEXING = next(L.references) ~= nil
-local ARG = 11
+local ARG = 0
 
 local function fill(template, app, token, id, field, value)
   return (string.gsub(template, '<(%a+)>', function(name)

@@ -1,0 +1,357 @@
+"""What every benchmark module shares: sizes, progress, percentiles, the machine, the server.
+
+Nothing here measures anything; the sections (http_load, store_ops, invalidation,
+cost_curve, wipe, mixed) do, each in its own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+
+from cached_sessions import EmbeddedServer
+
+T = TypeVar("T")
+
+APP = "bench"
+IP = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section does; `full()`, `quick()`, then `scaled()` for tiny runs."""
+
+    mode: str
+    # 1. HTTP throughput
+    http_seconds: float
+    http_warmup: float
+    connections: int
+    http_sessions: int  # distinct sessions (cookies) the load rotates through
+    worker_counts: tuple[int, ...]
+    # 2. store operations
+    store_calls: int
+    # 3. invalidation
+    invalidation_rounds: int
+    invalidation_workers: int
+    # 4. cost curve and wipe
+    curve_sizes: tuple[int, ...]
+    curve_samples: int
+    memory_entries: int
+    wipe_sessions: int
+    # 5. mixed load
+    mixed_workers: int
+    mixed_users: int
+    mixed_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(
+            mode="full",
+            http_seconds=8.0,
+            http_warmup=2.0,
+            connections=32,
+            http_sessions=1000,
+            worker_counts=(1, 2),
+            store_calls=3000,
+            invalidation_rounds=1000,
+            invalidation_workers=4,
+            curve_sizes=(1_000, 10_000, 100_000, 1_000_000),
+            curve_samples=2000,
+            memory_entries=5000,
+            wipe_sessions=100_000,
+            mixed_workers=2,
+            mixed_users=2000,
+            mixed_seconds=10.0,
+        )
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            mode="quick",
+            http_seconds=1.0,
+            http_warmup=0.3,
+            connections=32,
+            http_sessions=200,
+            worker_counts=(1, 2),
+            store_calls=300,
+            invalidation_rounds=200,
+            invalidation_workers=4,
+            curve_sizes=(1_000, 10_000),
+            curve_samples=300,
+            memory_entries=1000,
+            wipe_sessions=5_000,
+            mixed_workers=2,
+            mixed_users=300,
+            mixed_seconds=2.0,
+        )
+
+    def scaled(self, factor: float) -> Sizes:
+        """Every count and duration times `factor` (with floors), for a smoke run."""
+        if factor == 1:
+            return self
+
+        def count(value: int, floor: int) -> int:
+            return max(floor, int(value * factor))
+
+        def seconds(value: float, floor: float) -> float:
+            return max(floor, round(value * factor, 2))
+
+        return replace(
+            self,
+            mode=f"{self.mode} x{factor:g}",
+            http_seconds=seconds(self.http_seconds, 0.3),
+            http_warmup=seconds(self.http_warmup, 0.2),
+            connections=count(self.connections, 4),
+            http_sessions=count(self.http_sessions, 10),
+            store_calls=count(self.store_calls, 20),
+            invalidation_rounds=count(self.invalidation_rounds, 10),
+            curve_sizes=tuple(count(n, 500) for n in self.curve_sizes),
+            curve_samples=count(self.curve_samples, 20),
+            memory_entries=count(self.memory_entries, 50),
+            wipe_sessions=count(self.wipe_sessions, 100),
+            mixed_users=count(self.mixed_users, 20),
+            mixed_seconds=seconds(self.mixed_seconds, 0.5),
+        )
+
+
+async def bounded(work: Awaitable[T], seconds: float, name: str) -> T:
+    """`work`, or a RuntimeError after `seconds`, with every task's stack on stderr."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        print(f"{name} took more than {seconds:.0f} s; the tasks were at:", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+        raise RuntimeError(f"{name} took more than {seconds:.0f} s") from None
+
+
+class Progress:
+    """Prints what is running and how long the run has taken, as it goes."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {message}", flush=True)
+
+
+def percentiles(samples: list[float], unit: float = 1e6, suffix: str = "us") -> dict[str, Any]:
+    """p50, p99 and max of `samples` (seconds), in microseconds unless told."""
+    if not samples:
+        return {f"p50_{suffix}": None, f"p99_{suffix}": None, f"max_{suffix}": None, "n": 0}
+    ordered = sorted(samples)
+    rank99 = max(0, math.ceil(len(ordered) * 0.99) - 1)
+    return {
+        f"p50_{suffix}": round(statistics.median(ordered) * unit, 2),
+        f"p99_{suffix}": round(ordered[rank99] * unit, 2),
+        f"max_{suffix}": round(ordered[-1] * unit, 2),
+        "n": len(ordered),
+    }
+
+
+def namespace(section: str) -> str:
+    """A key namespace no other run (nor a test sharing the server) uses."""
+    return f"bench-{section}-{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def python_command(module: str, *args: object) -> list[str]:
+    """The command that runs one of the benchmark's own process modules."""
+    return [sys.executable, "-m", f"benchmarks.{module}", *(str(arg) for arg in args)]
+
+
+def child_env() -> dict[str, str]:
+    """The environment for child processes: the project importable from anywhere."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+# The machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def busy_processes(limit: int = 5) -> list[str]:
+    """Other processes that used much CPU (ps: average over their life), not this run."""
+    if shutil.which("ps") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["ps", "-eo", "pid=,pcpu=,comm=", "--sort=-pcpu"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    busy = []
+    for line in out.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) < 3 or fields[0] == str(os.getpid()) or fields[2] == "ps":
+            continue
+        try:
+            if float(fields[1]) >= 5.0:
+                busy.append(f"{fields[2]} {fields[1]}%")
+        except ValueError:
+            continue
+    return busy[:limit]
+
+
+def library_version() -> str:
+    """The commit the library was measured at, and whether its code had local changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        changed = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "cached_sessions",
+             "aiohttp_ext"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + (" with local changes" if changed else "")
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "load_average_at_start": load_average(),
+        "library_commit": library_version(),
+    }
+
+
+# The server
+
+
+class Server:
+    """The Redis-compatible server the run measures against: given by URL or embedded."""
+
+    def __init__(self, url: str | None) -> None:
+        self._given = url
+        self._embedded: EmbeddedServer | None = None
+        self.url = url or ""
+        self.version = "unknown"
+
+    @property
+    def owned(self) -> bool:
+        """True when this run started the server (so it may be filled and discarded)."""
+        return self._embedded is not None
+
+    async def start(self) -> Server:
+        if self._given is None:
+            # A port of the OS's choosing: other runs' embedded servers take 16379 up.
+            self._embedded = EmbeddedServer(port=free_port())
+            self.url = await asyncio.to_thread(self._embedded.start)
+        client = Redis.from_url(self.url, decode_responses=True)
+        try:
+            info = await client.info("server")
+        finally:
+            await client.aclose()
+        if "valkey_version" in info:
+            self.version = f"Valkey {info['valkey_version']}"
+        else:
+            self.version = f"Redis {info['redis_version']}"
+        return self
+
+    async def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server has used, from INFO cpu."""
+        client = self.client()
+        try:
+            info = await client.info("cpu")
+        finally:
+            await client.aclose()
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url, decode_responses=True)
+
+    def stop(self) -> None:
+        embedded, self._embedded = self._embedded, None
+        if embedded is not None:
+            embedded.stop()
+
+
+class ServerTime:
+    """Microseconds the server spent per call of one command (INFO commandstats deltas).
+
+    Read-only, so safe on any server; other clients running the same command at the
+    same time would count too.
+    """
+
+    def __init__(self, client: Redis, command: str = "evalsha") -> None:
+        self.client = client
+        self.key = f"cmdstat_{command}"
+        self.calls = 0
+        self.usec = 0.0
+
+    async def _read(self) -> tuple[int, float]:
+        stats = (await self.client.info("commandstats")).get(self.key, {})
+        return int(stats.get("calls", 0)), float(stats.get("usec", 0))
+
+    async def __aenter__(self) -> ServerTime:
+        self.calls, self.usec = await self._read()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        calls, usec = await self._read()
+        self.calls, self.usec = calls - self.calls, usec - self.usec
+
+    @property
+    def per_call(self) -> float | None:
+        return round(self.usec / self.calls, 1) if self.calls else None
+
+
+async def drop_keys(client: Redis, pattern: str) -> int:
+    """Delete every key matching `pattern` (SCAN + UNLINK), for cleaning up after a section."""
+    removed = 0
+    batch: list[str] = []
+    async for key in client.scan_iter(match=pattern, count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            removed += await client.unlink(*batch)
+            batch = []
+    if batch:
+        removed += await client.unlink(*batch)
+    return removed

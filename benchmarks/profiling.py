@@ -1,0 +1,219 @@
+"""Where a worker's time goes under load: a sampling profile of one HTTP worker.
+
+`python -m benchmarks --profile` runs each configuration once more with one worker,
+that worker under `py-spy record` (raw collapsed stacks, idle time left out), or under
+pyinstrument when py-spy is not installed. The stacks are summed up into:
+
+* the share of samples per layer, by the file the sampled frame was running in
+  (aiohttp, asyncio, redis-py, this project's store, its middleware, ...);
+* the inclusive share of the functions of this project and of redis-py: how much of
+  the worker's time was spent in them or in what they called.
+
+The raw profiles are kept next to the results (`profile-<config>.txt`).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cached_sessions import RedisSessions
+
+from . import http_load
+from .common import APP, ROOT, Progress, Server, Sizes, namespace
+from .worker import CONFIGS
+
+FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")
+LAYERS = (
+    ("aiohttp_ext/", "cached-sessions middleware (aiohttp_ext)"),
+    ("cached_sessions/", "cached-sessions store (cached_sessions)"),
+    ("aiohttp_session/", "aiohttp-session"),
+    ("redis/", "redis-py"),
+    ("aiohttp/", "aiohttp"),
+    ("multidict/", "aiohttp (multidict, yarl)"),
+    ("yarl/", "aiohttp (multidict, yarl)"),
+    ("asyncio/", "asyncio"),
+    ("benchmarks/", "the benchmark's handler"),
+)
+OURS = ("aiohttp_ext/", "cached_sessions/", "redis/", "aiohttp_session/", "cachetools/")
+
+
+def pyspy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"  # a venv's, when it is not on PATH
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
+def _short(path: str) -> str:
+    """py-spy names files relative to sys.path already; shorten absolute ones alike."""
+    for anchor in ("site-packages/", f"{ROOT}/"):
+        if anchor in path:
+            return path.split(anchor, 1)[1]
+    return path
+
+
+def _layer(path: str) -> str:
+    for marker, name in LAYERS:
+        if marker in path:
+            return name
+    return "Python (stdlib, interpreter)" if path else "native"
+
+
+def parse(path: Path) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]], int]:
+    """(inclusive, self, total) samples per (short path, function) of py-spy raw output."""
+    inclusive: Counter[tuple[str, str]] = Counter()
+    own: Counter[tuple[str, str]] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        if "importlib._bootstrap" in stack:
+            continue  # start-up, not serving
+        total += count
+        frames = []
+        for raw in stack.split(";"):
+            match = FRAME.match(raw)
+            frames.append((match["path"], match["function"]) if match else ("", raw))
+        for frame in set(frames):
+            inclusive[frame] += count
+        if frames:
+            own[frames[-1]] += count
+    return inclusive, own, total
+
+
+def summarize(path: Path, cpu_us: float | None, top: int = 15) -> dict[str, Any]:
+    """Shares of the samples; with `cpu_us` (CPU per request), microseconds per request."""
+    inclusive, own, total = parse(path)
+    if not total:
+        return {"samples": 0}
+    layers: Counter[str] = Counter()
+    for (file, _), count in own.items():
+        layers[_layer(file)] += count
+
+    def share(count: int) -> float:
+        return round(count / total, 4)
+
+    def per_request(count: int) -> float | None:
+        return None if cpu_us is None else round(count / total * cpu_us, 1)
+
+    ours = [
+        {
+            "function": f"{_short(file)}:{function}",
+            "inclusive": share(count),
+            "us_per_request": per_request(count),
+        }
+        for (file, function), count in inclusive.most_common()
+        if any(marker in file for marker in OURS)
+    ][:top]
+    own_code = [
+        {
+            "function": f"{_short(file)}:{function}",
+            "self": share(count),
+            "us_per_request": per_request(count),
+        }
+        for (file, function), count in own.most_common()
+        if any(marker in file for marker in OURS)
+    ][:top]
+    hottest = [
+        {
+            "function": f"{_short(file)}:{function}",
+            "self": share(count),
+            "us_per_request": per_request(count),
+        }
+        for (file, function), count in own.most_common(top)
+    ]
+    return {
+        "samples": total,
+        "cpu_us_per_request": cpu_us,
+        "layers": {name: share(count) for name, count in layers.most_common()},
+        "session_layer_inclusive": ours,
+        "session_layer_self": own_code,
+        "hottest_self": hottest,
+    }
+
+
+async def measure(
+    server: Server, sizes: Sizes, generator: str, progress: Progress, folder: Path
+) -> dict[str, Any]:
+    tool = "py-spy" if pyspy() else "pyinstrument"
+    out: dict[str, Any] = {"tool": tool, "profiles": {}}
+    ns = namespace("prof")
+    missing = http_load.aiohttp_session_missing()
+    async with RedisSessions(url=server.url, namespace=ns, wipe=0) as store:
+        ours = await http_load.create_sessions(store, sizes.http_sessions, {"n": 1})
+        theirs = (
+            [] if missing else await http_load.aiohttp_session_keys(server, ns, sizes.http_sessions)
+        )
+        try:
+            for config in CONFIGS:
+                if config == "aiohttp-session" and missing:
+                    continue
+                target = folder / f"profile-{config}.txt"
+                target.unlink(missing_ok=True)
+                if tool == "py-spy":
+                    options: dict[str, Any] = {"wrapper": [
+                        str(pyspy()), "record", "--format", "raw", "--nolineno",
+                        "--rate", "250", "--output", str(target), "--",
+                    ]}  # fmt: skip
+                else:
+                    options = {"pyinstrument_to": str(target)}
+                scenario = http_load.scenario_for(config, ns, ours, theirs)
+                row = await http_load.run_one(
+                    config, 1, server, ns, scenario, sizes, generator, **options
+                )
+                entry: dict[str, Any] = {
+                    "rps_while_profiled": row["rps"], "file": target.name,
+                    "worker_cpu_us": row["worker_cpu_us"], "redis_cpu_us": row["redis_cpu_us"],
+                }  # fmt: skip
+                if tool == "py-spy" and target.exists():
+                    entry.update(summarize(target, row["worker_cpu_us"]))
+                out["profiles"][config] = entry
+                progress(f"profile {config}: {row['rps']:.0f} req/s under {tool}, "
+                         f"kept in {target.name}")  # fmt: skip
+        finally:
+            await store.killall(app=APP)
+    return out
+
+
+def _us(figure: dict[str, Any]) -> str:
+    value = figure.get("us_per_request")
+    return "" if value is None else f" ({value:.1f} µs)"
+
+
+def resummarize(profiling: dict[str, Any], folder: Path) -> None:
+    """Sum up the raw profiles kept in `folder` again (after this module changed)."""
+    for entry in profiling.get("profiles", {}).values():
+        raw = folder / entry["file"]
+        if profiling.get("tool") == "py-spy" and raw.exists():
+            entry.update(summarize(raw, entry.get("worker_cpu_us")))
+
+
+def markdown(profiling: dict[str, Any]) -> str:
+    lines = [f"**Profiles** ({profiling['tool']}, one worker, idle time left out)", ""]
+    for config, p in profiling["profiles"].items():
+        if not p.get("samples"):
+            lines.append(f"- {config}: see `{p['file']}`")
+            continue
+        layers = ", ".join(f"{name} {share:.0%}" for name, share in p["layers"].items()
+                           if share >= 0.01)  # fmt: skip
+        lines.append(f"- **{config}** ({p['samples']:,} samples): {layers}")
+        cpu = p.get("cpu_us_per_request")
+        if cpu:
+            lines[-1] += f"; {cpu:.0f} µs of worker CPU per request"
+        if p["session_layer_inclusive"]:
+            entry = p["session_layer_inclusive"][0]
+            lines.append(
+                f"  - session layer from `{entry['function']}` down: {entry['inclusive']:.0%}"
+                + _us(entry)
+            )
+        if p.get("session_layer_self"):
+            hot = "; ".join(
+                f"`{f['function']}` {f['self']:.1%}{_us(f)}" for f in p["session_layer_self"][:8]
+            )
+            lines.append(f"  - its hottest own code (self time): {hot}")
+    return "\n".join(lines) + "\n"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from redis.asyncio import Redis
 
 from aiohttp_ext import AnonymousSessionError, get_session, get_store, setup_sessions
 from cached_sessions import RedisSessions, SessionsError
+from tests.cookies import set_cookies
 from tests.servers import ServerProcess
 
 APP = "shop"
@@ -162,17 +162,6 @@ async def make_client(
         return client
 
     yield make
-
-
-def set_cookies(response: Any) -> dict[str, Any]:
-    """The Set-Cookie headers of a response, by cookie name, as morsels."""
-    found: dict[str, Any] = {}
-    for header in response.headers.getall("Set-Cookie", []):
-        parsed: SimpleCookie = SimpleCookie()
-        parsed.load(header)
-        for name, morsel in parsed.items():
-            found[name] = morsel
-    return found
 
 
 async def login_as(client: Client, user: str = "alice") -> str:

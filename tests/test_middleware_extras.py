@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
@@ -15,20 +14,12 @@ from redis.asyncio import Redis
 
 from aiohttp_ext import SessionEvent, get_session, get_store, setup_sessions
 from cached_sessions import RedisSessions
+from tests.cookies import set_cookies
 from tests.servers import ServerProcess
 
 APP = "shop"
 Client = TestClient[web.Request, web.Application]
 SECRET = "s" * 32
-
-
-def cookies_of(response: Any) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for header in response.headers.getall("Set-Cookie", []):
-        parsed: SimpleCookie = SimpleCookie()
-        parsed.load(header)
-        found.update(parsed)
-    return found
 
 
 async def me(request: web.Request) -> web.Response:
@@ -125,7 +116,7 @@ async def test_csrf_token_rules(make_client: MakeClient) -> None:
     refused = await client.post("/login")
     assert refused.status == 403 and "CSRF token missing or invalid" in await refused.text()
     form = await client.get("/token")
-    anon_cookie = cookies_of(form)["csrf"]
+    anon_cookie = set_cookies(form)["csrf"]
     assert anon_cookie["httponly"] is True
     anon_token = (await form.json())["csrf"]
     login = await client.post(
@@ -203,7 +194,7 @@ async def test_bearer_requests_are_exempt_from_csrf(make_client: MakeClient) -> 
 async def test_signed_double_submit_cookie_refuses_a_planted_key(make_client: MakeClient) -> None:
     client, _ = await make_client(csrf=True, secrets=[SECRET])
     form = await client.get("/token")
-    cookie = cookies_of(form)["csrf"].value
+    cookie = set_cookies(form)["csrf"].value
     assert "." in cookie  # signed
     ok = await client.post(
         "/login",
@@ -239,7 +230,7 @@ async def test_valid_hook_refuses_a_session_and_clears_the_cookie(make_client: M
     assert (await (await client.get("/me", headers=sid(token))).json())["user"] == "alice"
     refused = await client.get("/me", headers={**sid(token), "User-Agent": "changed"})
     assert (await refused.json())["user"] is None
-    assert cookies_of(refused)["sid"]["max-age"] == "0"
+    assert set_cookies(refused)["sid"]["max-age"] == "0"
     assert [(e.kind, e.reason) for e in seen if e.kind == "invalid"] == [
         ("invalid", "refused by the valid() hook")
     ]
@@ -290,24 +281,24 @@ async def test_rolling_resends_the_cookie_on_every_response(make_client: MakeCli
     client, _ = await make_client(rolling=True, max_age=600)
     token = (await (await client.post("/login")).json())["token"]
     response = await client.get("/me", headers=sid(token))
-    assert cookies_of(response)["sid"].value == token
-    assert cookies_of(response)["sid"]["max-age"] == "600"
+    assert set_cookies(response)["sid"].value == token
+    assert set_cookies(response)["sid"]["max-age"] == "600"
     quiet, _ = await make_client(max_age=600)
     token = (await (await quiet.post("/login")).json())["token"]
-    assert "sid" not in cookies_of(await quiet.get("/me", headers=sid(token)))
+    assert "sid" not in set_cookies(await quiet.get("/me", headers=sid(token)))
 
 
 async def test_renew_resends_only_past_half_its_age(make_client: MakeClient) -> None:
     client, _ = await make_client(renew=True, max_age=600)
     login = await client.post("/login")
-    fresh = cookies_of(login)["sid"].value
+    fresh = set_cookies(login)["sid"].value
     token, _, issued = fresh.partition("~")
     assert len(token) == 64 and issued
-    assert "sid" not in cookies_of(await client.get("/me", headers=sid(fresh)))
+    assert "sid" not in set_cookies(await client.get("/me", headers=sid(fresh)))
     old = f"{token}~{int(time.time()) - 400:x}"  # 400 of 600 s used: renew
-    renewed = cookies_of(await client.get("/me", headers=sid(old)))["sid"].value
+    renewed = set_cookies(await client.get("/me", headers=sid(old)))["sid"].value
     assert renewed.startswith(token + "~") and renewed != old
-    plain = cookies_of(await client.get("/me", headers=sid(token)))["sid"].value
+    plain = set_cookies(await client.get("/me", headers=sid(token)))["sid"].value
     assert plain.startswith(token + "~")
 
 
@@ -353,7 +344,7 @@ async def test_references_kill_by_from_a_session(make_client: MakeClient) -> Non
     assert users == [None, None, "c"]
     mine = await client.post("/kill-org", params={"org": "8"}, headers=sid(c))
     assert (await mine.json()) == {"killed": 1, "me": None}
-    assert cookies_of(mine)["sid"]["max-age"] == "0"
+    assert set_cookies(mine)["sid"]["max-age"] == "0"
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from aiohttp.test_utils import TestClient
 
 from aiohttp_ext import get_session, setup_sessions
 from cached_sessions import RedisSessions
+from tests.cookies import set_cookies
 from tests.servers import ServerProcess, free_port
 
 APP = "outage"
@@ -168,15 +168,6 @@ async def make_client(own_server: OwnServer, aiohttp_client: Any) -> AsyncIterat
 
 def sid(token: str) -> dict[str, str]:
     return {"Cookie": f"sid={token}"}
-
-
-def set_cookies(response: Any) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for header in response.headers.getall("Set-Cookie", []):
-        parsed: SimpleCookie = SimpleCookie()
-        parsed.load(header)
-        found.update(parsed)
-    return found
 
 
 async def login_as(client: Client, user: str = "alice") -> str:

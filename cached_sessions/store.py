@@ -8,7 +8,6 @@ and the scripts speak redis-sessions 4.x, so a Node service can share the sessio
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -34,6 +33,7 @@ from .touch import TouchFlusher
 from .validation import (
     MAX_DATA_BYTES,
     MIN_TTL,
+    dump_value,
     encode_create_data,
     encode_data_patch,
     validate_app,
@@ -421,11 +421,8 @@ class RedisSessions:
         app = validate_app(app)
         scripts = await self._ready()
         keys = [self._layout.app_sessions(app), self._layout.app_users(app)]
-        total, more = 0, 1
         try:
-            while more:
-                killed, more = await scripts.run("killall", keys, [self._now(), app, self._batch])
-                total += int(killed)
+            total = await self._run_batches(scripts, "killall", keys, app)
         finally:
             if self._cache is not None:
                 self._cache.drop_where(app)
@@ -458,16 +455,11 @@ class RedisSessions:
         if value is None:
             raise MissingParameterError("No value supplied")
         validate_data_item(field, value)
-        raw = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        raw = dump_value(value)
         scripts = await self._ready()
         keys = [self._layout.reference(app, field, raw)]
-        total, more = 0, 1
         try:
-            while more:
-                killed, more = await scripts.run(
-                    "kill_by", keys, [self._now(), app, field, raw, self._batch]
-                )
-                total += int(killed)
+            total = await self._run_batches(scripts, "kill_by", keys, app, field, raw)
         finally:
             if self._cache is not None:
                 self._cache.drop_where(app, field=field, value=value)
@@ -505,11 +497,16 @@ class RedisSessions:
     async def wipe(self) -> int:
         """Remove the sessions that expired; returns how many. Batched like killall."""
         scripts = await self._ready()
-        keys = [self._layout.expiry_index()]
+        return await self._run_batches(scripts, "wipe", [self._layout.expiry_index()])
+
+    async def _run_batches(
+        self, scripts: Scripts, operation: str, keys: list[str], *args: Any
+    ) -> int:
+        """Call a batched script (args: now, *args, batch) until it says nothing is left."""
         total, more = 0, 1
         while more:
-            removed, more = await scripts.run("wipe", keys, [self._now(), self._batch])
-            total += int(removed)
+            done, more = await scripts.run(operation, keys, [self._now(), *args, self._batch])
+            total += int(done)
         return total
 
     def cache_stats(self) -> dict[str, Any]:

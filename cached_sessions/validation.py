@@ -30,6 +30,7 @@ __all__ = [
     "MAX_TTL",
     "MIN_TTL",
     "DataPatch",
+    "dump_value",
     "encode_create_data",
     "encode_data_patch",
     "validate_app",
@@ -120,7 +121,8 @@ def _require_utf8(text: str, message: str) -> None:
         raise InvalidFormatError(message) from None
 
 
-def _dump(value: Any) -> str:
+def dump_value(value: Any) -> str:
+    """The JSON text of a value as stored (and as indexed for references)."""
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
@@ -160,7 +162,7 @@ def validate_data_item(key: object, value: object) -> None:
     key = _check_key(key)
     _check_value(key, value)
     if isinstance(value, str):
-        _check_size(_dump({key: value}))
+        _check_size(dump_value({key: value}))
 
 
 def _checked_items(d: object) -> list[tuple[str, Any]]:
@@ -197,7 +199,7 @@ def encode_create_data(d: object) -> str:
     kept = {key: value for key, value in _checked_items(d) if value is not None}
     if not kept:
         return ""
-    encoded = _dump(kept)
+    encoded = dump_value(kept)
     _check_size(encoded)
     return encoded
 
@@ -209,7 +211,8 @@ def encode_data_patch(d: object) -> DataPatch:
     digits and would silently change large integers and precise floats.
     """
     patch: DataPatch = [
-        (key, _dump(key), "" if value is None else _dump(value)) for key, value in _checked_items(d)
+        (key, dump_value(key), "" if value is None else dump_value(value))
+        for key, value in _checked_items(d)
     ]
     # Measured as the object the patch alone would store; the merged result is
     # checked again in the script, where the stored keys are known.

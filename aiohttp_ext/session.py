@@ -143,13 +143,7 @@ class Session(MutableMapping[str, Any]):
         except BaseException:
             self._changes = {**changes, **self._changes}
             raise
-        if stored is None:
-            # Killed or expired meanwhile (another worker logged this user out).
-            self._become_anonymous()
-            state.clear_cookie()
-            return
-        self._stored = stored
-        self._data = dict(stored.get("d", {}))
+        self._adopt(stored)
 
     async def reload(self) -> None:
         """Read the session again from Redis, dropping changes not yet saved."""
@@ -157,13 +151,7 @@ class Session(MutableMapping[str, Any]):
         if self._token is None:
             return
         state = self._state
-        stored = await state.store.get(app=state.app, token=self._token)
-        if stored is None:
-            self._become_anonymous()
-            state.clear_cookie()
-        else:
-            self._stored = stored
-            self._data = dict(stored.get("d", {}))
+        self._adopt(await state.store.get(app=state.app, token=self._token))
 
     async def upgrade(self, user_id: str, ttl: int | None = None) -> None:
         """Log in: a new session (and token) for `user_id`; the old one is killed.
@@ -251,6 +239,16 @@ class Session(MutableMapping[str, Any]):
     async def activity(self, delta_time: int = 600) -> int:
         state = self._state
         return (await state.store.activity(app=state.app, delta_time=delta_time))["activity"]
+
+    def _adopt(self, stored: SessionDict | None) -> None:
+        """Take what Redis holds now; None: killed or expired meanwhile (another worker
+        logged this user out), so the request goes on anonymous."""
+        if stored is None:
+            self._become_anonymous()
+            self._state.clear_cookie()
+        else:
+            self._stored = stored
+            self._data = dict(stored.get("d", {}))
 
     def _become_anonymous(self) -> None:
         self._stored = None

@@ -111,7 +111,8 @@ class RequestState:
     def app(self) -> str:
         if self._app is None:
             name = self.config.app_name
-            self._app = validate_app(name(self.request) if callable(name) else name)
+            # A fixed name was validated once, by setup_sessions; a callable's each time.
+            self._app = name if isinstance(name, str) else validate_app(name(self.request))
         return self._app
 
     def ttl(self) -> int:

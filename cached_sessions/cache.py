@@ -105,6 +105,8 @@ class SessionCache:
         self._entries: TTLCache[str, CachedEntry] = TTLCache(maxsize, ttl, timer=timer)
         self._guard: Final = guard
         self._fills: dict[str, _Fill] = {}
+        # Every fetch task still running, also those a flush stopped tracking by token.
+        self._running: set[asyncio.Task[Fetched]] = set()
         # False while the subscription is not confirmed: the cache is bypassed.
         self._subscribed = False
         self.dirty: dict[str, CachedEntry] = {}
@@ -166,6 +168,8 @@ class SessionCache:
         self.misses += 1
         fill = _Fill(app, self._entries.timer())
         fill.task = asyncio.create_task(self._fill(fill, token, fetch), name="cached-sessions fill")
+        self._running.add(fill.task)
+        fill.task.add_done_callback(self._running.discard)
         self._fills[token] = fill
         return _copy(await asyncio.shield(fill.task))
 
@@ -245,6 +249,13 @@ class SessionCache:
         # lost() already emptied the cache and made every fill in flight stale, and
         # nothing is kept while bypassed: whatever is cached from now on is fresh.
         self._subscribed = True
+
+    async def aclose(self) -> None:
+        """Cancel the fetches still in flight and wait for them: the store is closing."""
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     def flush(self, reason: str) -> None:
         self.flushes[reason] += 1

@@ -217,6 +217,8 @@ class RedisSessions:
                 log.warning("could not write the last cached reads on close (%s)", error)
         self._closed = True
         self._scripts = None
+        if self._cache is not None:
+            await self._cache.aclose()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

@@ -300,6 +300,23 @@ async def test_a_fill_overtaken_by_a_flush_is_not_kept(store: Store) -> None:
     assert rs.cache_stats()["fills_refused"] == 1
 
 
+async def test_close_cancels_and_awaits_the_fetches_in_flight(
+    server: ServerProcess, namespace: str
+) -> None:
+    rs = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=30)
+    await rs.start()
+    token = await new(rs)
+    gate = GatedFetch(rs)  # never released: the fetch would wait forever
+    read = asyncio.create_task(rs.get(app=APP, token=token))
+    await gate.read_done.wait()
+    fills = [t for t in asyncio.all_tasks() if t.get_name() == "cached-sessions fill"]
+    assert len(fills) == 1
+    await rs.aclose()
+    assert fills[0].cancelled()
+    with pytest.raises(asyncio.CancelledError):
+        await read
+
+
 async def test_concurrent_misses_share_one_redis_call(store: Store, redis: Redis) -> None:
     rs = await store()
     token = await new(rs, d={"a": 1})
@@ -395,13 +412,3 @@ def test_bad_cache_settings_are_refused(options: dict[str, Any], message: str) -
     with pytest.raises(ValueError) as caught:
         RedisSessions(url="redis://127.0.0.1:1/0", **options)
     assert str(caught.value) == message
-
-
-async def test_health_pings_keep_a_quiet_subscription(store: Store) -> None:
-    rs = await store(ping_interval=0.05)
-    token = await new(rs)
-    await rs.get(app=APP, token=token)
-    await asyncio.sleep(0.5)  # ten health pings, each answered
-    stats = rs.cache_stats()
-    assert (stats["subscribed"], stats["flushes"]) == (True, 0)
-    assert rs.is_cached(token)

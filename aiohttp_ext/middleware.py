@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ OnUnavailable = Literal["error", "anonymous"] | ErrorHandler
 
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 RETRY_AFTER_SECONDS = 1
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # an RFC 6265 token
 RETRY_PAUSE = 0.1
 
 
@@ -375,6 +377,12 @@ def setup_sessions(
         raise ValueError('samesite must be "Strict", "Lax", "None" or None')
     if samesite == "None" and not secure:
         raise ValueError('samesite="None" needs secure=True: browsers refuse it otherwise')
+    for what, name in (("cookie_name", cookie_name), ("csrf_cookie_name", csrf_cookie_name)):
+        if not isinstance(name, str) or _COOKIE_NAME.fullmatch(name) is None:
+            raise ValueError(f"{what} must be a cookie name (letters, digits, !#$%&'*+-.^_`|~)")
+    for what, attribute in (("path", path), ("domain", domain)):
+        if attribute is not None and (";" in attribute or not attribute.isprintable()):
+            raise ValueError(f"{what} must not hold ';' or control characters: {attribute!r}")
     if max_age is not None and (not isinstance(max_age, int) or max_age < 0):
         raise ValueError("max_age must be None (a browser-session cookie) or seconds >= 0")
     if renew and max_age is None:

@@ -563,6 +563,10 @@ class RedisSessions:
         lock outlives the run on purpose: one wipe per interval across all processes,
         whoever wins the race.
         """
+        if interval is not None and (
+            not isinstance(interval, int) or isinstance(interval, bool) or interval < 1
+        ):
+            raise ValueError("interval must be a positive number of seconds (an int)")
         await self._ready()
         seconds = interval or self._wipe_interval or MIN_WIPE_INTERVAL
         if not await self.redis.set(self._layout.wipe_lock(), "1", nx=True, ex=seconds):

@@ -403,3 +403,20 @@ async def test_get_store_gives_the_apps_store(
     app.router.add_get("/which", which)
     client = await aiohttp_client(app)
     assert (await (await client.get("/which")).json()) == {"same": True}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cookie_name": "my sid"}, "cookie_name must be a cookie name"),
+        ({"csrf_cookie_name": "a;b"}, "csrf_cookie_name must be a cookie name"),
+        ({"path": "/; Secure"}, "path must not hold ';'"),
+        ({"domain": "example.test\r\nX: y"}, "domain must not hold ';' or control"),
+        ({"renew": True}, "renew=True needs max_age"),
+        ({"ttl": 5}, "ttl must be a positive integer >= 10"),
+    ],
+)
+def test_bad_settings_are_refused_at_setup(options: dict[str, Any], message: str) -> None:
+    store = RedisSessions(url="redis://127.0.0.1:1/0", wipe=0)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        setup_sessions(web.Application(), store, app_name=APP, **options)

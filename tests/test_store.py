@@ -485,6 +485,8 @@ async def test_wipe_runs_in_one_process_per_interval(
         clock.advance(11)
         assert await first.wipe_if_due(60) == 1
         assert await second.wipe_if_due(60) is None
+        with pytest.raises(ValueError, match="interval must be a positive number"):
+            await first.wipe_if_due(-5)
 
 
 # Lifecycle

@@ -21,6 +21,7 @@ from typing import Final, Literal
 
 from aiohttp import hdrs, web
 from aiohttp.http_writer import StreamWriter
+from aiohttp.typedefs import Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -28,7 +29,7 @@ from cached_sessions import RedisSessions
 from cached_sessions.validation import validate_app, validate_ttl
 
 from . import csrf
-from .cookies import CookiePolicy, PresentedToken
+from .cookies import CookiePolicy, PresentedToken, request_cookie
 from .errors import SessionStoreUnavailable
 from .events import SessionEvent, SessionEvents, hint
 from .session import Session
@@ -182,7 +183,7 @@ def _presented(state: RequestState) -> tuple[PresentedToken | None, bool]:
         if scheme.lower() == "bearer" and credentials.strip():
             value, state.via_bearer = credentials.strip(), True
     if value is None:
-        value = request.cookies.get(config.cookie.name)
+        value = request_cookie(request, config.cookie.name)
         state.presented = value is not None
     if not value:
         return None, False
@@ -191,12 +192,15 @@ def _presented(state: RequestState) -> tuple[PresentedToken | None, bool]:
 
 async def _lookup(state: RequestState, token: str) -> tuple[Session | None, str]:
     """The stored session and why not: waits up to `unavailable_wait` for Redis."""
-    deadline = time.monotonic() + state.config.unavailable_wait
+    deadline: float | None = None
     while True:
         try:
             stored, status = await state.store.lookup(app=state.app, token=token)
         except UNAVAILABLE_ERRORS:
-            if time.monotonic() + RETRY_PAUSE > deadline:
+            now = time.monotonic()
+            if deadline is None:  # the clock is read only once something failed
+                deadline = now + state.config.unavailable_wait
+            if now + RETRY_PAUSE > deadline:
                 raise
             await asyncio.sleep(RETRY_PAUSE)
             continue
@@ -231,8 +235,8 @@ async def _load(state: RequestState) -> Session:
         state.clear_cookie()
         await state.emit("invalid", "refused by the valid() hook", token, session.user_id)
         return Session(state, None, None)
-    renew = state.config.cookie.needs_renewal(presented, time.time())
-    if not presented.current_signature or renew or state.config.rolling:
+    config = state.config
+    if config.rolling or not presented.current_signature or config.cookie.needs_renewal(presented):
         state.set_cookie(token)
     return session
 
@@ -255,8 +259,6 @@ def get_store(request: web.Request) -> RedisSessions:
 
 async def _commit(state: RequestState, response: web.StreamResponse) -> None:
     """Save the changes and set the cookies, once, before the headers are sent."""
-    if state.committed:
-        return
     state.committed = True
     session = state.session
     if session is not None and session.wants_save():
@@ -284,8 +286,6 @@ async def _unavailable(request: web.Request, error: Exception) -> web.StreamResp
 
 async def _csrf_refusal(state: RequestState) -> web.Response | None:
     request = state.request
-    if not state.config.csrf or request.method not in csrf.UNSAFE_METHODS:
-        return None
     session = await get_session(request)
     if state.via_bearer:
         return None  # no ambient credential: a cross-site page cannot send this header
@@ -301,32 +301,41 @@ async def _csrf_refusal(state: RequestState) -> web.Response | None:
     )
 
 
-@web.middleware
-async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = RequestState(request.config_dict[CONFIG_KEY], request)
-    request[STATE_KEY] = state
-    try:
-        refusal = await _csrf_refusal(state)
-        if refusal is not None:
-            return refusal
-        response = await handler(request)
-        if not response.prepared:
-            await _commit(state, response)
-        return response
-    except web.HTTPException as exc:
+def _session_middleware(config: SessionConfig) -> Middleware:
+    # The config is bound here rather than looked up per request (config_dict builds
+    # a chain of the app's parents each time): a cache hit is a few µs in all.
+    checks_csrf = config.csrf
+
+    @web.middleware
+    async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        state = RequestState(config, request)
+        request[STATE_KEY] = state
         try:
-            await _commit(state, exc)
+            if checks_csrf and request.method in csrf.UNSAFE_METHODS:
+                refusal = await _csrf_refusal(state)
+                if refusal is not None:
+                    return refusal
+            response = await handler(request)
+            if not state.committed and not response.prepared:
+                await _commit(state, response)
+            return response
+        except web.HTTPException as exc:
+            try:
+                if not state.committed:
+                    await _commit(state, exc)
+            except (SessionStoreUnavailable, *UNAVAILABLE_ERRORS) as error:
+                return await _unavailable(request, error)
+            raise
         except (SessionStoreUnavailable, *UNAVAILABLE_ERRORS) as error:
             return await _unavailable(request, error)
-        raise
-    except (SessionStoreUnavailable, *UNAVAILABLE_ERRORS) as error:
-        return await _unavailable(request, error)
+
+    return session_middleware
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     # Streamed responses, files and WebSockets are prepared inside the handler.
     state = request.get(STATE_KEY)
-    if state is None:
+    if state is None or state.committed:
         return
     try:
         await _commit(state, response)
@@ -418,7 +427,7 @@ def setup_sessions(
         before_save=before_save,
         events=events,
     )
-    app.middlewares.append(session_middleware)
+    app.middlewares.append(_session_middleware(app[CONFIG_KEY]))
     app.on_response_prepare.append(_on_prepare)
 
     async def store_lifetime(_: web.Application) -> AsyncIterator[None]:

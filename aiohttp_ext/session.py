@@ -39,7 +39,8 @@ class Session(MutableMapping[str, Any]):
         self._state = state
         self._stored = stored
         self._token = token
-        self._data: dict[str, Any] = dict(stored.get("d", {})) if stored else {}
+        # The store hands every caller a copy of `d`: this session may own it.
+        self._data: dict[str, Any] = stored.get("d") or {} if stored else {}
         self._changes: dict[str, Any] = {}
         self._save_policy: SavePolicy = "changed"
         self.unavailable = False
@@ -97,6 +98,13 @@ class Session(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # The mixin's get goes through __getitem__ and a try block; handlers call this most.
+        return self._data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
 
     def __setitem__(self, key: str, value: Any) -> None:
         if self._stored is None:
@@ -248,7 +256,7 @@ class Session(MutableMapping[str, Any]):
             self._state.clear_cookie()
         else:
             self._stored = stored
-            self._data = dict(stored.get("d", {}))
+            self._data = stored.get("d") or {}
 
     def _become_anonymous(self) -> None:
         self._stored = None

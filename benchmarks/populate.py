@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from cached_sessions import KeyLayout
 from cached_sessions.scripts import Scripts
+from cached_sessions.slots import ConnectionSlots
 from cached_sessions.validation import encode_create_data
 
 from .common import APP, IP
@@ -147,7 +148,7 @@ async def populate(
     layout = KeyLayout(ns)
     client = Redis.from_url(url, decode_responses=True)
     try:
-        scripts = Scripts.bind(client, layout)
+        scripts = Scripts.bind(client, layout, ConnectionSlots(1, 5.0))
         await scripts.load(client, "create")
     finally:
         await client.aclose()

@@ -139,9 +139,15 @@ class SessionCache:
         """The cached session, or None to go to Redis. No I/O, no await."""
         if not self._subscribed or type(token) is not str:
             return None
-        with self._entries.timer as now:
-            entry = self._entries.get(token)
-            if entry is None or entry.app != app or now + self._guard >= entry.deadline:
+        entries = self._entries
+        with entries.timer as now:
+            # Indexing, not get(): get() asks `in` first, which walks the same links
+            # and reads the clock once more. A miss pays for the KeyError instead.
+            try:
+                entry = entries[token]
+            except KeyError:
+                return None
+            if entry.app != app or now + self._guard >= entry.deadline:
                 return None
             entry.pending += 1
             session = entry.view(now)

@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from .keys import TEMPLATE_ORDER, KeyLayout
+from .slots import ConnectionSlots
 
 __all__ = ["OPERATIONS", "Scripts", "script_source"]
 
@@ -63,29 +64,38 @@ class Scripts:
 
     _client: Redis
     _scripts: dict[str, AsyncScript]
+    slots: ConnectionSlots
 
     @classmethod
-    def bind(cls, client: Redis, layout: KeyLayout, references: Sequence[str] = ()) -> Scripts:
+    def bind(
+        cls,
+        client: Redis,
+        layout: KeyLayout,
+        slots: ConnectionSlots,
+        references: Sequence[str] = (),
+    ) -> Scripts:
         """`references`: the data keys whose values the scripts index (kill_by)."""
         header = layout_header(layout, references)
         scripts = {op: client.register_script(script_source(op, header)) for op in OPERATIONS}
-        return cls(_client=client, _scripts=scripts)
+        return cls(_client=client, _scripts=scripts, slots=slots)
 
     async def preload(self, client: Redis) -> None:
         """Load every script in one round trip, so no first call meets NOSCRIPT."""
         pipe = client.pipeline(transaction=False)
         for script in self._scripts.values():
             pipe.script_load(script.script)
-        await pipe.execute()
+        async with self.slots:
+            await pipe.execute()
 
     async def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         # EVALSHA straight away: redis-py's script wrapper costs a few µs a call.
         script = self._scripts[operation]
-        try:
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # the server was restarted or flushed its scripts
-            await self._client.script_load(script.script)
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        async with self.slots:
+            try:
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # the server was restarted or flushed its scripts
+                await self._client.script_load(script.script)
+                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
 
     def queue(
         self, pipe: Pipeline, operation: str, keys: Sequence[str], args: Sequence[Any]
@@ -96,4 +106,5 @@ class Scripts:
 
     async def load(self, client: Redis, operation: str) -> None:
         """Load a script after NOSCRIPT, for pipelines (run() does this by itself)."""
-        await client.script_load(self._scripts[operation].script)
+        async with self.slots:
+            await client.script_load(self._scripts[operation].script)

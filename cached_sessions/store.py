@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 from .cache import SessionCache
@@ -28,6 +28,7 @@ from .invalidation import Subscriber, raise_if_cancelling
 from .keys import KeyLayout
 from .model import EXPIRED, FOUND, MISSING, Fetched, SessionDict, session_from_reply
 from .scripts import Scripts
+from .slots import ConnectionSlots
 from .tokens import new_token
 from .touch import TouchFlusher
 from .validation import (
@@ -134,7 +135,8 @@ class RedisSessions:
         self._url = url if url is not None else os.environ.get("REDIS_URL") or None
         self._clock = clock
         self._batch = batch
-        self._max_connections = max_connections
+        # Every call of this store holds a slot; the pool under it is unbounded.
+        self._slots = ConnectionSlots(max_connections, CONNECTION_WAIT)
         self._wipe_interval = 0 if wipe == 0 else max(wipe, MIN_WIPE_INTERVAL)
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
@@ -247,7 +249,7 @@ class RedisSessions:
                 if self._redis is None:  # once: a failed preload retries on this client
                     self._redis = self._given or await self._connect()
                 client = self._redis
-                scripts = Scripts.bind(client, self._layout, self._references)
+                scripts = Scripts.bind(client, self._layout, self._slots, self._references)
                 await scripts.preload(client)
                 self._start_tasks(client, scripts)
                 self._scripts = scripts
@@ -299,10 +301,8 @@ class RedisSessions:
             log.info("no redis= or url= given and REDIS_URL unset: using an embedded server")
         # Bounded waits everywhere: a paused or unreachable server fails a request
         # in seconds (the middleware answers 503) instead of hanging it.
-        pool = BlockingConnectionPool.from_url(
+        pool = ConnectionPool.from_url(
             url,
-            max_connections=self._max_connections,
-            timeout=CONNECTION_WAIT,
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
             decode_responses=True,
@@ -488,12 +488,14 @@ class RedisSessions:
         app, delta_time = validate_app(app), validate_delta_time(delta_time)
         await self._ready()
         since = self._now() - delta_time
-        count = await self.redis.zcount(self._layout.app_users(app), since, "+inf")
+        async with self._slots:
+            count = await self.redis.zcount(self._layout.app_users(app), since, "+inf")
         return {"activity": int(count)}
 
     async def ping(self) -> str:
         await self._ready()
-        await self.redis.ping()
+        async with self._slots:
+            await self.redis.ping()
         return "PONG"
 
     async def wipe(self) -> int:
@@ -569,7 +571,9 @@ class RedisSessions:
             raise ValueError("interval must be a positive number of seconds (an int)")
         await self._ready()
         seconds = interval or self._wipe_interval or MIN_WIPE_INTERVAL
-        if not await self.redis.set(self._layout.wipe_lock(), "1", nx=True, ex=seconds):
+        async with self._slots:
+            locked = await self.redis.set(self._layout.wipe_lock(), "1", nx=True, ex=seconds)
+        if not locked:
             return None
         return await self.wipe()
 

@@ -113,4 +113,5 @@ class TouchFlusher:
                 layout.expiry_index(),
             ]
             self._scripts.queue(pipe, "touch", keys, [app, token, entry.id, reads, at])
-        return list(await pipe.execute(raise_on_error=False))
+        async with self._scripts.slots:
+            return list(await pipe.execute(raise_on_error=False))

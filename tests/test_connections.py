@@ -1,0 +1,99 @@
+"""`max_connections` bounds the connections a store opens, and a full store fails clearly.
+
+The bound is a semaphore around every call (slots.py), over an unbounded pool: these
+tests look at the server's own list of clients, and at what a call sees when every
+slot stays busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from cached_sessions import RedisSessions
+from cached_sessions.slots import ConnectionSlots
+from tests.servers import ServerProcess
+
+APP = "bound"
+PAUSE_MS = 300
+CALLERS = 40
+
+
+def named(url: str, name: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}client_name={name}"
+
+
+async def connections_named(redis: Redis, name: str) -> int:
+    return sum(1 for client in await redis.client_list() if client.get("name") == name)
+
+
+@pytest.mark.parametrize("bound", [1, 3])
+async def test_a_burst_of_calls_opens_at_most_max_connections(
+    server: ServerProcess, redis: Redis, namespace: str, bound: int
+) -> None:
+    name = f"bound-{namespace}"
+    store = RedisSessions(
+        url=named(server.url, name), namespace=namespace, wipe=0, max_connections=bound
+    )
+    async with store:
+        token = (await store.create(app=APP, id="u1", ip="127.0.0.1", d={"n": 1}))["token"]
+        # The pause holds every call on the server, so all of them are in flight at once.
+        await redis.client_pause(PAUSE_MS, all=True)
+        try:
+            found = await asyncio.wait_for(
+                asyncio.gather(*(store.get(app=APP, token=token) for _ in range(CALLERS))),
+                timeout=10,
+            )
+        finally:
+            await redis.client_unpause()
+        assert all(session is not None and session["d"] == {"n": 1} for session in found)
+        assert await connections_named(redis, name) <= bound
+
+
+async def test_a_call_that_finds_every_slot_busy_waits_then_fails_clearly() -> None:
+    slots = ConnectionSlots(1, 0.2)
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with slots:
+            held.set()
+            await release.wait()
+
+    task = asyncio.create_task(holder())
+    await held.wait()
+    started = time.monotonic()
+    with pytest.raises(RedisConnectionError, match=r"all 1 Redis connections stayed busy"):
+        async with slots:
+            pass
+    assert time.monotonic() - started >= 0.19
+    release.set()
+    await task
+    async with slots:  # the slot is free again, and the failed wait took none
+        pass
+    async with slots:
+        pass
+
+
+async def test_a_call_that_waits_gets_the_slot_when_it_frees() -> None:
+    slots = ConnectionSlots(1, 5.0)
+    order: list[str] = []
+
+    async def user(name: str, hold: float) -> None:
+        async with slots:
+            order.append(f"{name} in")
+            await asyncio.sleep(hold)
+            order.append(f"{name} out")
+
+    await asyncio.gather(user("a", 0.05), user("b", 0))
+    assert order == ["a in", "a out", "b in", "b out"]
+
+
+def test_max_connections_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_connections must be a positive integer"):
+            RedisSessions(url="redis://127.0.0.1:1", max_connections=bad)  # type: ignore[arg-type]

@@ -1,0 +1,89 @@
+"""The session cookie is read as aiohttp reads it, on every header.
+
+The middleware reads its one cookie without aiohttp's full parse (which builds a
+Morsel per cookie and costs more than the rest of a cache hit under load). These
+properties hold it to aiohttp's own reading: the same value, or the same absence,
+for browser-shaped headers (the fast path) and for anything else (the fallback).
+"""
+
+from __future__ import annotations
+
+import string
+
+from aiohttp.test_utils import make_mocked_request
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from aiohttp_ext.cookies import _PLAIN_HEADER, request_cookie
+
+NAME = "sid"
+TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
+# What aiohttp keeps in an unquoted value, less `,`.
+PLAIN_VALUE_CHARS = string.ascii_letters + string.digits + "_!#%&'~`><@:/$*+-.^|)(?}{=[]"
+SETTINGS = settings(max_examples=400, deadline=None, database=None)
+
+
+def aiohttp_reading(header: str | None, name: str = NAME) -> str | None:
+    headers = {} if header is None else {"Cookie": header}
+    return make_mocked_request("GET", "/", headers=headers).cookies.get(name)
+
+
+def ours(header: str | None, name: str = NAME) -> str | None:
+    headers = {} if header is None else {"Cookie": header}
+    return request_cookie(make_mocked_request("GET", "/", headers=headers), name)
+
+
+names = st.one_of(
+    st.sampled_from([NAME, "SID", "sid2", "xsid", "_ga", "csrf", "path", "Max-Age"]),
+    st.text(alphabet=TOKEN_CHARS, min_size=1, max_size=8),
+)
+plain_values = st.text(alphabet=PLAIN_VALUE_CHARS, max_size=24)
+spaces = st.sampled_from(["", " ", "  ", "\t"])
+
+
+@st.composite
+def browser_headers(draw: st.DrawFn) -> str:
+    """`name=value` pairs joined by `;` and some blanks: what browsers send."""
+    pairs = draw(st.lists(st.tuples(names, plain_values), min_size=1, max_size=12))
+    out = draw(spaces)
+    for index, (name, value) in enumerate(pairs):
+        if index:
+            out += draw(spaces) + ";" + draw(spaces)
+        out += f"{name}={value}"
+    return out + draw(spaces)
+
+
+@SETTINGS
+@given(header=browser_headers())
+@example(header="sid=a; sid=b")  # the last one wins, as in aiohttp
+@example(header="sid=; other=1")
+@example(header="other=1; sid=a==")
+def test_browser_shaped_headers_take_the_fast_path_and_read_alike(header: str) -> None:
+    assert _PLAIN_HEADER.fullmatch(header) is not None
+    assert ours(header) == aiohttp_reading(header)
+
+
+tricky = st.sampled_from([*';=",\\ \t', "sid=", "; sid=", '"', "\\012", '\\"', ",", "Mon, "])
+any_text = st.characters(
+    blacklist_categories=("Cs",),
+    blacklist_characters=[chr(c) for c in range(0x20) if c != 0x09] + ["\x7f"],
+)
+
+
+@SETTINGS
+@given(header=st.lists(st.one_of(tricky, any_text), max_size=60).map("".join))
+@example(header='sid="quoted"')
+@example(header='sid="a\\"b"; x=1')
+@example(header="sid=Mon, 01 Jan 2024 00:00:00 GMT")
+@example(header="a=1 sid=2")
+@example(header="sid")
+@example(header="sid=a;;sid=b")
+def test_any_header_reads_like_aiohttp(header: str) -> None:
+    assert ours(header) == aiohttp_reading(header)
+
+
+def test_no_header_and_other_names() -> None:
+    assert ours(None) is None
+    assert ours("other=1") is None
+    assert ours("sidx=1; xsid=2") is None
+    assert ours("sidx=1; sid=2", "sidx") == "1"

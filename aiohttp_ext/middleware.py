@@ -25,7 +25,8 @@ from aiohttp.typedefs import Middleware
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cached_sessions import RedisSessions
+from cached_sessions import RedisSessions, SessionDict
+from cached_sessions.model import FOUND
 from cached_sessions.validation import validate_app, validate_ttl
 
 from . import csrf
@@ -158,6 +159,15 @@ class RequestState:
         verified = signer.verify(value)
         return verified[0] if verified else None
 
+    def owes_commit(self) -> bool:
+        """Whether the response must carry a save or a cookie (most reads owe none)."""
+        session = self.session
+        return (
+            self._cookie is not None
+            or self._csrf_key_new
+            or (session is not None and session.wants_save())
+        )
+
     def cookie_headers(self) -> list[str]:
         policy = self.config.cookie
         headers = []
@@ -190,7 +200,7 @@ def _presented(state: RequestState) -> tuple[PresentedToken | None, bool]:
     return config.cookie.read(value), True
 
 
-async def _lookup(state: RequestState, token: str) -> tuple[Session | None, str]:
+async def _lookup(state: RequestState, token: str) -> tuple[SessionDict | None, str]:
     """The stored session and why not: waits up to `unavailable_wait` for Redis."""
     deadline: float | None = None
     while True:
@@ -204,7 +214,7 @@ async def _lookup(state: RequestState, token: str) -> tuple[Session | None, str]
                 raise
             await asyncio.sleep(RETRY_PAUSE)
             continue
-        return (Session(state, stored, token) if stored else None), status
+        return stored, status
 
 
 async def _load(state: RequestState) -> Session:
@@ -216,26 +226,30 @@ async def _load(state: RequestState) -> Session:
             await state.emit("invalid", "bad format or signature", None)
         return Session(state, None, None)
     token = presented.token
-    try:
-        session, status = await _lookup(state, token)
-    except UNAVAILABLE_ERRORS as error:
-        if state.config.on_unavailable != "anonymous":
-            raise SessionStoreUnavailable(str(error)) from error
-        log.warning("session store unavailable (%s); going on anonymous", error)
-        anonymous = Session(state, None, None)
-        anonymous.unavailable = True
-        return anonymous
-    if session is None:
+    # A cache hit needs no await; only a miss pays for the coroutines below.
+    stored, status = state.store.cached(app=state.app, token=token), FOUND
+    if stored is None:
+        try:
+            stored, status = await _lookup(state, token)
+        except UNAVAILABLE_ERRORS as error:
+            if state.config.on_unavailable != "anonymous":
+                raise SessionStoreUnavailable(str(error)) from error
+            log.warning("session store unavailable (%s); going on anonymous", error)
+            anonymous = Session(state, None, None)
+            anonymous.unavailable = True
+            return anonymous
+    if stored is None:
         state.clear_cookie()
         kind = "expired" if status == "expired" else "missed"
         await state.emit(kind, f"token {status}", token)
         return Session(state, None, None)
-    valid = state.config.valid
+    session = Session(state, stored, token)
+    config = state.config
+    valid = config.valid
     if valid is not None and not await _maybe_await(valid(state.request, session)):
         state.clear_cookie()
         await state.emit("invalid", "refused by the valid() hook", token, session.user_id)
         return Session(state, None, None)
-    config = state.config
     if config.rolling or not presented.current_signature or config.cookie.needs_renewal(presented):
         state.set_cookie(token)
     return session
@@ -317,7 +331,9 @@ def _session_middleware(config: SessionConfig) -> Middleware:
                     return refusal
             response = await handler(request)
             if not state.committed and not response.prepared:
-                await _commit(state, response)
+                if state.owes_commit():
+                    await _commit(state, response)
+                state.committed = True  # the prepare hook has nothing left to do
             return response
         except web.HTTPException as exc:
             try:

@@ -84,18 +84,18 @@ class Scripts:
         pipe = client.pipeline(transaction=False)
         for script in self._scripts.values():
             pipe.script_load(script.script)
-        async with self.slots:
-            await pipe.execute()
+        await self.slots.call(pipe.execute)
 
     async def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         # EVALSHA straight away: redis-py's script wrapper costs a few µs a call.
-        script = self._scripts[operation]
-        async with self.slots:
-            try:
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:  # the server was restarted or flushed its scripts
-                await self._client.script_load(script.script)
-                return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        return await self.slots.call(self._evalsha, self._scripts[operation], keys, args)
+
+    async def _evalsha(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # the server was restarted or flushed its scripts
+            await self._client.script_load(script.script)
+            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
 
     def queue(
         self, pipe: Pipeline, operation: str, keys: Sequence[str], args: Sequence[Any]
@@ -106,5 +106,4 @@ class Scripts:
 
     async def load(self, client: Redis, operation: str) -> None:
         """Load a script after NOSCRIPT, for pipelines (run() does this by itself)."""
-        async with self.slots:
-            await client.script_load(self._scripts[operation].script)
+        await self.slots.call(client.script_load, self._scripts[operation].script)

@@ -59,8 +59,6 @@ MIN_PING_TIMEOUT = 0.5
 TOUCH_MARGIN = 1.0
 CLOSE_FLUSH_TIMEOUT = 2.0
 CLOSE_TASK_TIMEOUT = 5.0
-SOCKET_TIMEOUT = 5.0
-CONNECTION_WAIT = 5.0
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -96,6 +94,10 @@ class RedisSessions:
     writes or kills it (see cache.py for the exact rules). Reads served from the cache
     are written back every `touch_interval` seconds; `ping_interval` is how often the
     subscriber checks its connection. `timer` is the cache's monotonic clock.
+
+    At most `max_connections` calls to Redis are in flight at once (so at most that
+    many connections, plus one for the subscriber), and each call fails after
+    `redis_timeout` seconds, the wait for a free connection included.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class RedisSessions:
         clock: Callable[[], float] = time.time,
         batch: int = DEFAULT_BATCH,
         max_connections: int = 64,
+        redis_timeout: float = 5.0,
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
         ping_interval: float = DEFAULT_PING_INTERVAL,
         timer: Callable[[], float] = time.monotonic,
@@ -135,8 +138,8 @@ class RedisSessions:
         self._url = url if url is not None else os.environ.get("REDIS_URL") or None
         self._clock = clock
         self._batch = batch
-        # Every call of this store holds a slot; the pool under it is unbounded.
-        self._slots = ConnectionSlots(max_connections, CONNECTION_WAIT)
+        # Every call of this store holds a slot and a deadline (slots.py).
+        self._slots = ConnectionSlots(max_connections, _seconds("redis_timeout", redis_timeout))
         self._wipe_interval = 0 if wipe == 0 else max(wipe, MIN_WIPE_INTERVAL)
         self._redis: Redis | None = None
         self._scripts: Scripts | None = None
@@ -300,11 +303,11 @@ class RedisSessions:
             url = await asyncio.to_thread(self._embedded.start)
             log.info("no redis= or url= given and REDIS_URL unset: using an embedded server")
         # Bounded waits everywhere: a paused or unreachable server fails a request
-        # in seconds (the middleware answers 503) instead of hanging it.
+        # in seconds (the middleware answers 503) instead of hanging it. Each call's
+        # deadline is the slots' (see slots.py); connecting has one of its own.
         pool = ConnectionPool.from_url(
             url,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=self._slots.timeout,
             decode_responses=True,
         )
         return Redis(connection_pool=pool)
@@ -350,14 +353,21 @@ class RedisSessions:
 
         Counts as activity: `r` grows by one and the expiry slides (unless no_resave).
         """
-        cache = self._cache
-        if cache is not None:
-            # Only validated tokens are ever cached, so a hit needs no validation.
-            session = cache.hit(app, token)
-            if session is not None:
-                return session
+        session = self.cached(app=app, token=token)
+        if session is not None:
+            return session
         found = await self._read(app, token)
         return found if isinstance(found, dict) else None
+
+    def cached(self, *, app: str, token: str) -> SessionDict | None:
+        """The session when this process may serve it from its cache, else None.
+
+        No I/O and no await: a caller on a hot path (the middleware) tries this first
+        and pays for a coroutine only on a miss. A hit counts as a read, like `get`.
+        """
+        cache = self._cache
+        # Only validated tokens are ever cached, so a hit needs no validation.
+        return None if cache is None else cache.hit(app, token)
 
     async def lookup(self, *, app: str, token: str) -> tuple[SessionDict | None, str]:
         """Like `get`, and says why a session is absent: `found`, `missing` or `expired`.
@@ -365,11 +375,9 @@ class RedisSessions:
         `missing` covers unknown and killed tokens; `expired` means the session ran out
         of time and the wipe has not removed it yet.
         """
-        cache = self._cache
-        if cache is not None:
-            session = cache.hit(app, token)
-            if session is not None:
-                return session, FOUND
+        session = self.cached(app=app, token=token)
+        if session is not None:
+            return session, FOUND
         found = await self._read(app, token)
         if isinstance(found, dict):
             return found, FOUND
@@ -488,14 +496,13 @@ class RedisSessions:
         app, delta_time = validate_app(app), validate_delta_time(delta_time)
         await self._ready()
         since = self._now() - delta_time
-        async with self._slots:
-            count = await self.redis.zcount(self._layout.app_users(app), since, "+inf")
+        key = self._layout.app_users(app)
+        count = await self._slots.call(self.redis.zcount, key, since, "+inf")
         return {"activity": int(count)}
 
     async def ping(self) -> str:
         await self._ready()
-        async with self._slots:
-            await self.redis.ping()
+        await self._slots.call(self.redis.ping)
         return "PONG"
 
     async def wipe(self) -> int:
@@ -571,8 +578,8 @@ class RedisSessions:
             raise ValueError("interval must be a positive number of seconds (an int)")
         await self._ready()
         seconds = interval or self._wipe_interval or MIN_WIPE_INTERVAL
-        async with self._slots:
-            locked = await self.redis.set(self._layout.wipe_lock(), "1", nx=True, ex=seconds)
+        key = self._layout.wipe_lock()
+        locked = await self._slots.call(self.redis.set, key, "1", nx=True, ex=seconds)
         if not locked:
             return None
         return await self.wipe()

@@ -113,5 +113,4 @@ class TouchFlusher:
                 layout.expiry_index(),
             ]
             self._scripts.queue(pipe, "touch", keys, [app, token, entry.id, reads, at])
-        async with self._scripts.slots:
-            return list(await pipe.execute(raise_on_error=False))
+        return list(await self._scripts.slots.call(pipe.execute, raise_on_error=False))

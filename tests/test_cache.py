@@ -87,6 +87,27 @@ async def test_a_hit_returns_a_copy(store: Store) -> None:
     assert again is not None and again["d"] == {"cart": 1} and again["id"] == "u1"
 
 
+async def test_cached_answers_without_io_only_what_get_would_serve_from_the_cache(
+    store: Store, server: ServerProcess, namespace: str
+) -> None:
+    rs = await store()
+    writer = await store()
+    token = await new(rs, d={"cart": 1})
+    assert rs.cached(app=APP, token=token) is None  # not read yet: a miss, nothing counted
+    assert rs.cache_stats()["hits"] == 0
+    first = await rs.get(app=APP, token=token)
+    assert first is not None
+    hit = rs.cached(app=APP, token=token)
+    assert hit is not None and hit["d"] == {"cart": 1} and hit["r"] == first["r"] + 1
+    assert rs.cache_stats()["hits"] == 1  # a read like any other, written back later
+    assert rs.cached(app="other", token=token) is None  # another app's token is not ours
+    await writer.set(app=APP, token=token, d={"cart": 2})
+    await until(lambda: rs.cached(app=APP, token=token) is None)
+    async with RedisSessions(url=server.url, namespace=namespace, wipe=0) as uncached:
+        await uncached.get(app=APP, token=token)
+        assert uncached.cached(app=APP, token=token) is None  # no cache, never a hit
+
+
 async def test_cachemax_bounds_the_entries(store: Store) -> None:
     rs = await store(cachemax=3)
     tokens = [await new(rs, f"u{i}") for i in range(5)]

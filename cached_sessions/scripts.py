@@ -9,7 +9,7 @@ reply (a restarted or flushed server), so callers never see that error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -86,9 +86,10 @@ class Scripts:
             pipe.script_load(script.script)
         await self.slots.call(pipe.execute)
 
-    async def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
+        """One script call, to await. Not itself a coroutine: one frame less per call."""
         # EVALSHA straight away: redis-py's script wrapper costs a few µs a call.
-        return await self.slots.call(self._evalsha, self._scripts[operation], keys, args)
+        return self.slots.call(self._evalsha, self._scripts[operation], keys, args)
 
     async def _evalsha(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:

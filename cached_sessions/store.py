@@ -385,13 +385,13 @@ class RedisSessions:
 
     async def _read(self, app: str, token: str) -> Fetched:
         app, token = validate_app(app), validate_token(token)
-        scripts = await self._ready()
+        scripts = self._scripts or await self._ready()  # no coroutine once started
         if self._cache is not None:
             return await self._cache.fill(app, token, partial(self._fetch, scripts, app, token))
         return await self._fetch(scripts, app, token)
 
     async def _fetch(self, scripts: Scripts, app: str, token: str) -> Fetched:
-        raw = await scripts.run("get", self._session_keys(app, token), [self._now(), app, token])
+        raw = await scripts.run("get", self._session_key(app, token), [self._now(), app, token])
         if raw is None:
             return None
         if raw == 0:
@@ -407,7 +407,7 @@ class RedisSessions:
         for triple in patch:
             args.extend(triple)
         try:
-            raw = await scripts.run("set", self._session_keys(app, token), args)
+            raw = await scripts.run("set", self._session_key(app, token), args)
         except ResponseError as error:
             raise self._set_error(error) from None
         finally:
@@ -420,7 +420,7 @@ class RedisSessions:
         scripts = await self._ready()
         try:
             killed = await scripts.run(
-                "kill", self._session_keys(app, token), [self._now(), app, token]
+                "kill", self._session_key(app, token), [self._now(), app, token]
             )
         finally:
             self._drop(token)
@@ -442,7 +442,7 @@ class RedisSessions:
         """Kill every session of one id ("log out everywhere")."""
         app, id = validate_app(app), validate_id(id)
         scripts = await self._ready()
-        keys = [self._layout.user_tokens(app, id), *self._app_keys(app)]
+        keys = [self._layout.user_tokens(app, id)]
         try:
             killed = await scripts.run("killsoid", keys, [self._now(), app, id])
         finally:
@@ -542,12 +542,10 @@ class RedisSessions:
         if self._cache is not None:
             self._cache.drop(token)
 
-    def _app_keys(self, app: str) -> list[str]:
-        layout = self._layout
-        return [layout.app_sessions(app), layout.app_users(app), layout.expiry_index()]
-
-    def _session_keys(self, app: str, token: str) -> list[str]:
-        return [self._layout.session(app, token), *self._app_keys(app)]
+    def _session_key(self, app: str, token: str) -> list[str]:
+        # The scripts find the app's other keys from the templates in their text
+        # (scripts.py): a call sends only the key of the session it is about.
+        return [self._layout.session(app, token)]
 
     @staticmethod
     def _set_error(error: ResponseError) -> Exception:

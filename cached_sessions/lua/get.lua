@@ -1,4 +1,4 @@
--- KEYS: session, app_sessions, app_users, expiry_index
+-- KEYS: session
 -- ARGV: now, app, token
 -- Reads and touches in one step; `r` in the reply is the count before this read.
 local now, app, token = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
@@ -9,6 +9,5 @@ if not s then
   return false
 end
 local out = reply(s)
-redis.call('HINCRBY', KEYS[1], 'r', 1)
-touch(app, token, s, now)
+touch(app, token, s, now, 'r', s.r + 1)
 return out

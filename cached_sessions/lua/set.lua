@@ -1,4 +1,4 @@
--- KEYS: session, app_sessions, app_users, expiry_index
+-- KEYS: session
 -- ARGV: now, app, token, max_bytes, then per changed key: key, key JSON, value JSON
 --       ('' removes the key)
 -- Reads, merges and writes in one step, so concurrent sets of different keys all survive.

@@ -325,11 +325,10 @@ def _session_middleware(config: SessionConfig) -> Middleware:
         state = RequestState(config, request)
         request[STATE_KEY] = state
         try:
+            refusal = None
             if checks_csrf and request.method in csrf.UNSAFE_METHODS:
                 refusal = await _csrf_refusal(state)
-                if refusal is not None:
-                    return refusal
-            response = await handler(request)
+            response = refusal if refusal is not None else await handler(request)
             if not state.committed and not response.prepared:
                 if state.owes_commit():
                     await _commit(state, response)
@@ -344,6 +343,16 @@ def _session_middleware(config: SessionConfig) -> Middleware:
             raise
         except (SessionStoreUnavailable, *UNAVAILABLE_ERRORS) as error:
             return await _unavailable(request, error)
+        finally:
+            # The state and the request refer to each other, and so do the state and
+            # its Session. Undone here, so that reference counting frees a request as
+            # soon as aiohttp drops it: left to the cyclic GC, every request's objects
+            # wait for a collection, and under load the full collections stalled the
+            # event loop for milliseconds (p99 13.7 ms against 3.6 ms without the GC).
+            # Whatever is prepared after this point was committed above, or is the
+            # 503, which touches no cookie.
+            del request[STATE_KEY]
+            state.session = None
 
     return session_middleware
 

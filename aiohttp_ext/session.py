@@ -8,8 +8,9 @@ headers go out. An anonymous session (no user yet) holds no data: `upgrade()` fi
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from cached_sessions import SessionDict
 from cached_sessions.validation import validate_data_item
@@ -36,7 +37,8 @@ class Session(MutableMapping[str, Any]):
     __slots__ = ("_changes", "_data", "_save_policy", "_state", "_stored", "_token", "unavailable")
 
     def __init__(self, state: RequestState, stored: SessionDict | None, token: str | None) -> None:
-        self._state = state
+        # Weak: the state owns this session, and a strong link back would be a cycle.
+        self._state: RequestState = cast("RequestState", weakref.proxy(state))
         self._stored = stored
         self._token = token
         # The store hands every caller a copy of `d`: this session may own it.

@@ -307,6 +307,10 @@ class RedisSessions:
         # deadline is the slots' (see slots.py); connecting has one of its own.
         pool = ConnectionPool.from_url(
             url,
+            # None, said out loud: redis-py 8 defaults to 5 s, which would cap
+            # redis_timeout and put every write through asyncio.wait_for, which on
+            # Python 3.11 can swallow a cancel that arrives as the write completes.
+            socket_timeout=None,
             socket_connect_timeout=self._slots.timeout,
             decode_responses=True,
         )

@@ -8,6 +8,7 @@ slot stays busy.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 import pytest
@@ -95,3 +96,25 @@ def test_max_connections_must_be_a_positive_integer() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_connections must be a positive integer"):
             RedisSessions(url="redis://127.0.0.1:1", max_connections=bad)  # type: ignore[arg-type]
+
+
+async def test_a_cancel_from_outside_always_cancels_the_call(
+    server: ServerProcess, namespace: str
+) -> None:
+    """A socket timeout would send writes through asyncio.wait_for, which on Python 3.11
+    can swallow a cancel that lands as the write completes: the call then returns as if
+    nothing happened, and a background loop that aclose() cancels never stops."""
+    chance = random.Random(7)
+    async with RedisSessions(url=server.url, namespace=namespace, wipe=0) as store:
+        assert store.redis.connection_pool.connection_kwargs.get("socket_timeout") is None
+        token = (await store.create(app=APP, id="u1", ip="127.0.0.1"))["token"]
+        delivered = ignored = 0
+        for _ in range(200):
+            calls = [asyncio.create_task(store.get(app=APP, token=token)) for _ in range(20)]
+            await asyncio.sleep(chance.random() * 0.002)
+            cancelled = [call for call in calls[:5] if call.cancel()]
+            await asyncio.gather(*calls, return_exceptions=True)
+            delivered += len(cancelled)
+            ignored += sum(not call.cancelled() for call in cancelled)
+        assert delivered > 0, "no cancel reached a call in flight: the test proved nothing"
+        assert ignored == 0, f"{ignored} of {delivered} cancels were swallowed"

@@ -420,3 +420,68 @@ def test_bad_settings_are_refused_at_setup(options: dict[str, Any], message: str
     store = RedisSessions(url="redis://127.0.0.1:1/0", wipe=0)
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         setup_sessions(web.Application(), store, app_name=APP, **options)
+
+
+# Other middlewares, sub-apps and crashing handlers
+
+
+async def login_then_fail(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    await session.upgrade("alice")
+    session["n"] = 1
+    raise RuntimeError("a bug after the login")
+
+
+@web.middleware
+async def user_header(request: web.Request, handler: Any) -> web.StreamResponse:
+    """An outer middleware that reads the session after the handler, as loggers do."""
+    try:
+        response = await handler(request)
+    except web.HTTPNotFound:
+        response = web.Response(status=404, text="no such page")
+    response.headers["X-User"] = str((await get_session(request)).user_id)
+    return response
+
+
+async def test_a_handler_that_fails_after_a_login_still_sends_the_new_cookie(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> None:
+    """The 500 still carries the new session's cookie: the login already killed the old
+    session, so losing the cookie would log the user out."""
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=30)
+    app, _ = build(store)
+    app.router.add_post("/login-then-fail", login_then_fail)
+    client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    response = await client.post("/login-then-fail")
+    assert response.status == 500
+    token = set_cookies(response)["sid"].value
+    assert (await (await client.get("/me", headers=sid(token))).json())["user"] == "alice"
+    assert (await store.get(app=APP, token=token) or {}).get("d") == {"n": 1}
+
+
+async def test_an_outer_middleware_reads_the_session_after_the_handler(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> None:
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=30)
+    app, _ = build(store)
+    app.middlewares.insert(0, user_header)
+    client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
+    token = (await (await client.post("/login", params={"user": "bob"})).json())["token"]
+    found = await client.get("/me", headers=sid(token))
+    assert found.status == 200 and found.headers["X-User"] == "bob"
+    missing = await client.get("/no-such-page", headers=sid(token))
+    assert missing.status == 404 and missing.headers["X-User"] == "bob"
+
+
+async def test_sessions_on_an_app_and_its_sub_app(
+    server: ServerProcess, namespace: str, aiohttp_client: Any
+) -> None:
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=30)
+    parent, _ = build(store)
+    child, _ = build(store)
+    parent.add_subapp("/child", child)
+    client = await aiohttp_client(parent, cookie_jar=DummyCookieJar())
+    token = (await (await client.post("/login", params={"user": "carol"})).json())["token"]
+    for path in ("/me", "/child/me"):
+        response = await client.get(path, headers=sid(token))
+        assert response.status == 200 and (await response.json())["user"] == "carol", path

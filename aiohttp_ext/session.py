@@ -42,7 +42,7 @@ class Session(MutableMapping[str, Any]):
         self._stored = stored
         self._token = token
         # The store hands every caller a copy of `d`: this session may own it.
-        self._data: dict[str, Any] = stored.get("d") or {} if stored else {}
+        self._data: dict[str, Any] = (stored.get("d") or {}) if stored else {}
         self._changes: dict[str, Any] = {}
         self._save_policy: SavePolicy = "changed"
         self.unavailable = False

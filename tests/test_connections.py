@@ -92,10 +92,13 @@ async def test_a_server_that_stops_answering_fails_the_call_after_redis_timeout(
         assert session is not None and session["id"] == "u1"
 
 
-def test_max_connections_must_be_a_positive_integer() -> None:
+def test_max_connections_and_redis_timeout_refuse_bad_values() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_connections must be a positive integer"):
             RedisSessions(url="redis://127.0.0.1:1", max_connections=bad)  # type: ignore[arg-type]
+    for wrong in (0, -1.0, float("nan"), float("inf"), "5", True, None):
+        with pytest.raises(ValueError, match="redis_timeout must be a positive number of seconds"):
+            RedisSessions(url="redis://127.0.0.1:1", redis_timeout=wrong)  # type: ignore[arg-type]
 
 
 async def test_a_cancel_from_outside_always_cancels_the_call(

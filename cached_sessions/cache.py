@@ -5,6 +5,10 @@ the coroutine that reads Redis. The subscriber (invalidation.py) reports what it
 hears: `invalidate()` for a message, `lost()` when the subscription may have missed
 messages, `confirmed()` when it is subscribed again.
 
+Entries and fills are keyed by `(app, token)`: with one app per tenant, a lookup of
+the same token under another app is another session, and must never take the place
+of a fill in flight, nor absorb an invalidation meant for it.
+
 When an entry may be served (invariant 1 of the design brief):
 * the subscription was confirmed before its fetch started (no fill is even tracked
   while it is not), and no invalidation for its token, nor a flush, arrived after the
@@ -37,6 +41,7 @@ __all__ = ["CachedEntry", "SessionCache"]
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[], Awaitable[Fetched]]
+Key = tuple[str, str]  # (app, token)
 
 
 class CachedEntry:
@@ -102,14 +107,14 @@ class SessionCache:
         guard: float,
         timer: Callable[[], float],
     ) -> None:
-        self._entries: TTLCache[str, CachedEntry] = TTLCache(maxsize, ttl, timer=timer)
+        self._entries: TTLCache[Key, CachedEntry] = TTLCache(maxsize, ttl, timer=timer)
         self._guard: Final = guard
-        self._fills: dict[str, _Fill] = {}
+        self._fills: dict[Key, _Fill] = {}
         # Every fetch task still running, also those a flush stopped tracking by token.
         self._running: set[asyncio.Task[Fetched]] = set()
         # False while the subscription is not confirmed: the cache is bypassed.
         self._subscribed = False
-        self.dirty: dict[str, CachedEntry] = {}
+        self.dirty: dict[Key, CachedEntry] = {}
         self.hits = 0
         self.misses = 0
         self.bypassed = 0
@@ -129,9 +134,13 @@ class SessionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, token: object) -> bool:
-        # Looks without counting a hit or moving the entry in the LRU order.
-        return isinstance(token, str) and token in self._entries
+    def holds(self, app: str, token: str) -> bool:
+        """Whether the session is cached; counts no hit and keeps the LRU order."""
+        return (app, token) in self._entries
+
+    def holds_token(self, token: str) -> bool:
+        """Whether any app's session of this token is cached (for tests and tools)."""
+        return any(key[1] == token for key in list(self._entries.keys()))
 
     # The hot path
 
@@ -143,17 +152,18 @@ class SessionCache:
         with entries.timer as now:
             # Indexing, not get(): get() asks `in` first, which walks the same links
             # and reads the clock once more. A miss pays for the KeyError instead.
+            key = (app, token)
             try:
-                entry = entries[token]
+                entry = entries[key]
             except KeyError:
                 return None
-            if entry.app != app or now + self._guard >= entry.deadline:
+            if now + self._guard >= entry.deadline:
                 return None
             entry.pending += 1
             session = entry.view(now)
             entry.r += 1
             entry.last_access = now
-        self.dirty[token] = entry
+        self.dirty[key] = entry
         self.hits += 1
         return session
 
@@ -164,45 +174,46 @@ class SessionCache:
         if not self._subscribed:
             self.bypassed += 1
             return await fetch()
-        fill = self._fills.get(token)
-        if fill is not None and fill.app == app:
+        key = (app, token)
+        fill = self._fills.get(key)
+        if fill is not None:
             self.coalesced += 1
             session = await asyncio.shield(self._task(fill))
             if isinstance(session, dict):
-                self._count_joined_read(app, token, session)
+                self._count_joined_read(key, session)
             return _copy(session)
         self.misses += 1
         fill = _Fill(app, self._entries.timer())
-        fill.task = asyncio.create_task(self._fill(fill, token, fetch), name="cached-sessions fill")
+        fill.task = asyncio.create_task(self._fill(fill, key, fetch), name="cached-sessions fill")
         self._running.add(fill.task)
         fill.task.add_done_callback(self._running.discard)
-        self._fills[token] = fill
+        self._fills[key] = fill
         return _copy(await asyncio.shield(fill.task))
 
-    async def _fill(self, fill: _Fill, token: str, fetch: Fetch) -> Fetched:
+    async def _fill(self, fill: _Fill, key: Key, fetch: Fetch) -> Fetched:
         try:
             session = await fetch()
         finally:
-            if self._fills.get(token) is fill:
-                del self._fills[token]
+            if self._fills.get(key) is fill:
+                del self._fills[key]
         if not isinstance(session, dict):
             return session  # unknown, killed or expired: nothing to keep
         if fill.stale:
             self.fills_refused += 1
             return session
-        self._entries[token] = CachedEntry(fill.app, token, session, fill.started)
+        self._entries[key] = CachedEntry(fill.app, key[1], session, fill.started)
         self.fills += 1
         return session
 
-    def _count_joined_read(self, app: str, token: str, session: SessionDict) -> None:
+    def _count_joined_read(self, key: Key, session: SessionDict) -> None:
         # A read that shared another's fetch is still a read: count it like a hit.
-        entry = self._entries.get(token)
+        entry = self._entries.get(key)
         if entry is not None:
             entry.r += 1
         else:
-            entry = self.dirty.get(token) or CachedEntry(app, token, session, self._entries.timer())
+            entry = self.dirty.get(key) or CachedEntry(*key, session, self._entries.timer())
         entry.pending += 1
-        self.dirty[token] = entry
+        self.dirty[key] = entry
 
     @staticmethod
     def _task(fill: _Fill) -> asyncio.Task[Fetched]:
@@ -214,12 +225,12 @@ class SessionCache:
     def invalidate(self, app: str, token: str) -> None:
         """Another process (or this one) changed or removed the session."""
         self.invalidations += 1
-        self._forget(token)
+        self._forget((app, token))
 
-    def drop(self, token: str) -> None:
+    def drop(self, app: str, token: str) -> None:
         """This process wrote the session: read-your-writes from here on."""
         self.local_drops += 1
-        self._forget(token)
+        self._forget((app, token))
 
     def drop_where(
         self, app: str, id: str | None = None, *, field: str | None = None, value: Any = None
@@ -227,21 +238,21 @@ class SessionCache:
         """This process killed every session of an app, of one id, or of one reference."""
         with self._entries.timer:
             doomed = [
-                token
-                for token, entry in self._entries.items()
+                key
+                for key, entry in self._entries.items()
                 if entry.app == app
                 and (id is None or entry.id == id)
                 and (field is None or (entry.data or {}).get(field) == value)
             ]
-        for token in doomed:
-            self.drop(token)
+        for key in doomed:
+            self.drop(*key)
         # The id of a session still in flight is unknown: refuse every fill of the app.
-        for token in [t for t, fill in self._fills.items() if fill.app == app]:
-            self._fills.pop(token).stale = True
+        for key in [key for key, fill in self._fills.items() if fill.app == app]:
+            self._fills.pop(key).stale = True
 
-    def _forget(self, token: str) -> None:
-        self._entries.pop(token, None)
-        fill = self._fills.pop(token, None)
+    def _forget(self, key: Key) -> None:
+        self._entries.pop(key, None)
+        fill = self._fills.pop(key, None)
         if fill is not None:
             fill.stale = True
 
@@ -289,7 +300,7 @@ class SessionCache:
     def untouched(self, entry: CachedEntry, reads: int) -> None:
         """A touch could not be written: keep its reads for the next batch."""
         entry.pending += reads
-        self.dirty.setdefault(entry.token, entry)
+        self.dirty.setdefault((entry.app, entry.token), entry)
 
     def stats(self) -> dict[str, Any]:
         return {

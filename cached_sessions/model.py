@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final, NotRequired, TypeAlias, TypedDict
 
 from .errors import StoredDataError
 
-__all__ = ["EXPIRED", "FOUND", "MISSING", "Fetched", "SessionDict", "session_from_reply"]
+__all__ = [
+    "EXPIRED",
+    "FOUND",
+    "MAX_DATA_DEPTH",
+    "MISSING",
+    "Fetched",
+    "SessionDict",
+    "session_from_reply",
+]
+
+# How deeply `d` may nest (`d` itself is level 1). Another client may have written
+# anything; a bound keeps a hostile `d` from costing recursion on every read.
+MAX_DATA_DEPTH: Final = 16
 
 # Why a read found no session (see RedisSessions.lookup).
 FOUND: Final = "found"
@@ -37,6 +49,43 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def _stored_data(text: Any, id: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise StoredDataError(f"session of id {id!r} holds d nested too deeply") from None
+    except ValueError as error:
+        raise StoredDataError(f"session of id {id!r} holds d that is not JSON") from error
+    if not isinstance(data, dict):
+        raise StoredDataError(f"session of id {id!r} holds d that is not a JSON object")
+    if nesting_depth(data) > MAX_DATA_DEPTH:
+        raise StoredDataError(
+            f"session of id {id!r} holds d nested deeper than {MAX_DATA_DEPTH} levels"
+        )
+    return data
+
+
+def nesting_depth(value: object) -> int:
+    """Levels of lists and objects in a parsed JSON value (a scalar is 0).
+
+    Iterative, so that a hostile value cannot exhaust the stack. The common case, an
+    object of scalars, is one pass over its values.
+    """
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
 def session_from_reply(raw: Sequence[Any]) -> SessionDict:
     """Scripts reply {id, r, w, ttl, idle, ip, d or nil, no_resave 0|1} (see _lib.lua)."""
     id, r, w, ttl, idle, ip, data, no_resave = raw
@@ -49,12 +98,7 @@ def session_from_reply(raw: Sequence[Any]) -> SessionDict:
         "ip": _text(ip),
     }
     if data:
-        try:
-            session["d"] = json.loads(data)
-        except ValueError as error:
-            raise StoredDataError(
-                f"session of id {session['id']!r} holds d that is not JSON"
-            ) from error
+        session["d"] = _stored_data(data, session["id"])
     if int(no_resave):
         session["no_resave"] = True
     return session

@@ -70,13 +70,19 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+def redacted_url(url: str) -> str:
+    """The URL with its credentials and query masked, fit for a repr or a log line.
+
+    A password may sit in the user part or in the query (`?password=...`), and a
+    malformed URL may put it anywhere: only the scheme, host, port and path survive.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "<unparsable url>"
+    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 class RedisSessions:
@@ -163,7 +169,7 @@ class RedisSessions:
         if self._given is not None:
             server = "a client passed in"
         elif self._url is not None:
-            server = _redacted(self._url)
+            server = redacted_url(self._url)
         elif self._embedded is not None and self._embedded.running:
             server = f"embedded {self._embedded.url}"
         else:
@@ -416,7 +422,7 @@ class RedisSessions:
             raise self._set_error(error) from None
         finally:
             # Also when the reply was lost: the write may have happened.
-            self._drop(token)
+            self._drop(app, token)
         return None if raw is None else session_from_reply(raw)
 
     async def kill(self, *, app: str, token: str) -> dict[str, int]:
@@ -427,7 +433,7 @@ class RedisSessions:
                 "kill", self._session_key(app, token), [self._now(), app, token]
             )
         finally:
-            self._drop(token)
+            self._drop(app, token)
         return {"kill": int(killed)}
 
     async def killall(self, *, app: str) -> dict[str, int]:
@@ -530,9 +536,13 @@ class RedisSessions:
             return {"enabled": False}
         return self._cache.stats()
 
-    def is_cached(self, token: str) -> bool:
-        """Whether this process holds the session in its cache (no hit is counted)."""
-        return self._cache is not None and token in self._cache
+    def is_cached(self, token: str, *, app: str | None = None) -> bool:
+        """Whether this process holds the session in its cache (no hit is counted);
+        without `app`, whether it holds that token under any app."""
+        cache = self._cache
+        if cache is None:
+            return False
+        return cache.holds_token(token) if app is None else cache.holds(app, token)
 
     async def flush_touches(self) -> int:
         """Write the reads served from the cache now instead of at the next interval."""
@@ -542,9 +552,9 @@ class RedisSessions:
 
     # Helpers
 
-    def _drop(self, token: str) -> None:
+    def _drop(self, app: str, token: str) -> None:
         if self._cache is not None:
-            self._cache.drop(token)
+            self._cache.drop(app, token)
 
     def _session_key(self, app: str, token: str) -> list[str]:
         # The scripts find the app's other keys from the templates in their text

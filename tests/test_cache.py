@@ -14,7 +14,6 @@ import pytest
 from redis.asyncio import Redis
 
 from cached_sessions import RedisSessions
-from cached_sessions.model import SessionDict
 from tests.conftest import ManualClock
 from tests.servers import ServerProcess
 
@@ -272,17 +271,19 @@ async def test_another_process_write_drops_the_entry(store: Store) -> None:
 
 
 class GatedFetch:
-    """Holds the reply of a real Redis read until the test lets it through."""
+    """Holds the reply of a real Redis read until the test lets it through; with
+    `app`, only the reads of that app."""
 
-    def __init__(self, rs: RedisSessions) -> None:
+    def __init__(self, rs: RedisSessions, app: str | None = None) -> None:
         self.read_done = asyncio.Event()
         self.release = asyncio.Event()
         real = rs._fetch
 
-        async def gated(*args: Any) -> SessionDict | None:
-            session = await real(*args)
-            self.read_done.set()
-            await self.release.wait()
+        async def gated(scripts: Any, app_read: str, token: str) -> Any:
+            session = await real(scripts, app_read, token)
+            if app is None or app_read == app:
+                self.read_done.set()
+                await self.release.wait()
             return session
 
         rs._fetch = gated  # type: ignore[method-assign]
@@ -304,6 +305,38 @@ async def test_a_fill_overtaken_by_an_invalidation_is_not_kept(store: Store) -> 
     assert reader.cache_stats()["fills_refused"] == 1
     fresh = await reader.get(app=APP, token=token)
     assert fresh is not None and fresh["d"] == {"v": 2}
+
+
+async def test_a_read_of_the_token_under_another_app_never_shields_a_fill(
+    store: Store,
+) -> None:
+    # One app per tenant: the same token looked up under another tenant (an attacker
+    # replaying a stolen token on another host) is another session. It must not take
+    # the place of the fill in flight, or the logout's invalidation would mark the
+    # wrong fill stale and the killed session would be cached and served.
+    reader = await store()
+    writer = await store(cachetime=0)
+    token = await new(writer, d={"v": 1})
+    gate = GatedFetch(reader, app=APP)
+    read = asyncio.create_task(reader.get(app=APP, token=token))
+    await gate.read_done.wait()  # the tenant's read holds the session, fetched before the kill
+    assert await reader.get(app="other-tenant", token=token) is None
+    await writer.kill(app=APP, token=token)
+    await until(lambda: reader.cache_stats()["invalidations"] == 1)
+    gate.release.set()
+    assert await read is not None  # it started before the kill
+    assert not reader.is_cached(token, app=APP)
+    assert await reader.get(app=APP, token=token) is None
+
+
+async def test_an_entry_is_kept_per_app_and_token(store: Store) -> None:
+    rs = await store()
+    token = await new(rs, d={"v": 1})
+    await rs.get(app=APP, token=token)
+    assert rs.is_cached(token, app=APP)
+    assert not rs.is_cached(token, app="other-tenant")
+    assert await rs.get(app="other-tenant", token=token) is None
+    assert rs.is_cached(token, app=APP)  # the other tenant's miss left the entry alone
 
 
 async def test_a_fill_overtaken_by_a_flush_is_not_kept(store: Store) -> None:

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from cached_sessions import InvalidValueError, RedisSessions, SessionsClosedError, StoredDataError
 from cached_sessions import store as store_module
+from cached_sessions.model import MAX_DATA_DEPTH, nesting_depth
 from tests.conftest import ManualClock
 from tests.servers import ServerProcess
 
@@ -184,6 +185,32 @@ async def test_set_refuses_stored_data_it_cannot_merge_exactly(
     with pytest.raises(StoredDataError, match="nothing was written"):
         await rs.set(app=APP, token=token, d={"a": 1})
     assert await redis.hgetall(key) == before
+
+
+def _nested(levels: int) -> str:
+    """A `d` of `levels` levels: an object holding lists inside lists."""
+    return '{"deep":' + "[" * (levels - 1) + "]" * (levels - 1) + "}"
+
+
+@pytest.mark.parametrize("levels", [MAX_DATA_DEPTH + 1, 200_000])
+async def test_a_read_refuses_data_nested_beyond_the_bound(
+    rs: RedisSessions, redis: Redis, namespace: str, levels: int
+) -> None:
+    # Written by another client; a hostile depth must give a clear error, not a
+    # RecursionError from the JSON parser nor a slow walk on every read.
+    token = await new(rs)
+    await redis.hset(f"{namespace}:{APP}:{token}", "d", _nested(levels))
+    with pytest.raises(StoredDataError, match="nested"):
+        await rs.get(app=APP, token=token)
+
+
+async def test_a_read_takes_data_nested_up_to_the_bound(
+    rs: RedisSessions, redis: Redis, namespace: str
+) -> None:
+    token = await new(rs)
+    await redis.hset(f"{namespace}:{APP}:{token}", "d", _nested(MAX_DATA_DEPTH))
+    session = await rs.get(app=APP, token=token)
+    assert session is not None and nesting_depth(session["d"]) == MAX_DATA_DEPTH
 
 
 async def test_set_refuses_a_merge_that_grows_too_large(
@@ -546,10 +573,21 @@ async def test_works_with_a_client_that_returns_bytes(
         await client.aclose()
 
 
-def test_repr_never_shows_the_password() -> None:
-    rs = RedisSessions(url="redis://app:s3cret-pw@db.internal:6380/2", wipe=0)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://app:s3cret-pw@db.internal:6380/2",
+        "redis://:s3cret-pw@db.internal:6380/2",
+        "rediss://db.internal:6380/2?password=s3cret-pw&ssl_cert_reqs=none",
+        "redis://app@db.internal:6380/2?username=app&password=s3cret-pw",
+        "unix:///run/redis.sock?db=2&password=s3cret-pw",
+        "redis://app:s3cret-pw@db.internal:bad-port/2",
+    ],
+)
+def test_repr_never_shows_the_password(url: str) -> None:
+    rs = RedisSessions(url=url, wipe=0)
     assert "s3cret-pw" not in repr(rs)
-    assert "db.internal:6380" in repr(rs)
+    assert "db.internal" in repr(rs) or "unparsable" in repr(rs) or "redis.sock" in repr(rs)
 
 
 def test_tokens_come_from_the_os_not_from_random() -> None:

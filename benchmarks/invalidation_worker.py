@@ -34,9 +34,9 @@ def watch_drops() -> None:
     original = SessionCache.invalidate
 
     def invalidate(self: SessionCache, app: str, token: str) -> None:
-        held = token in self
+        held = self.holds(app, token)
         original(self, app, token)
-        if held and token not in self:
+        if held and not self.holds(app, token):
             dropped = time.monotonic()
             say(f"dropped {token} {dropped!r}")
 

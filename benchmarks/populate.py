@@ -149,7 +149,7 @@ async def populate(
     client = Redis.from_url(url, decode_responses=True)
     try:
         scripts = Scripts.bind(client, layout, ConnectionSlots(1, 5.0))
-        await scripts.load(client, "create")
+        await scripts.load("create")
     finally:
         await client.aclose()
     sha, constant = _create_call(scripts, layout)

@@ -11,6 +11,7 @@ __all__ = [
     "InvalidFormatError",
     "InvalidValueError",
     "MissingParameterError",
+    "NotDurableError",
     "SessionsClosedError",
     "SessionsError",
     "StoredDataError",
@@ -60,3 +61,20 @@ class SessionsClosedError(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("this RedisSessions is closed; create a new one")
+
+
+class NotDurableError(RuntimeError):
+    """A kill was applied on the primary, but fewer replicas than asked acknowledged
+    it in time, so a failover now could bring the killed sessions back.
+
+    The kill is idempotent: calling it again retries, and succeeds once enough
+    replicas answer.
+    """
+
+    def __init__(self, operation: str, acknowledged: int, wanted: int, timeout: float) -> None:
+        super().__init__(
+            f"{operation}: applied, but {acknowledged} of the {wanted} replicas asked for "
+            f"acknowledged it within {timeout} s; a failover now could undo it: call again"
+        )
+        self.acknowledged = acknowledged
+        self.wanted = wanted

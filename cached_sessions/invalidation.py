@@ -1,30 +1,58 @@
-"""The subscriber: hears invalidations on the pub/sub channel and guards the cache.
+"""The subscriber: hears invalidations on pub/sub and guards the cache.
 
-Pub/sub is at most once: whatever is published while the connection is down is
-gone. So any sign that messages may have been missed (an error, a reconnect, a PING
-that gets no PONG in time) empties the cache and bypasses it until the subscription
-is confirmed again. redis-py would reconnect and resubscribe silently; here the
-connection has no retries, so every loss surfaces, and a second `subscribe`
-confirmation on one connection counts as a loss too.
+Pub/sub is at most once: whatever is published while a connection is down is gone.
+So any sign that messages may have been missed (an error, a reconnect, a PING that
+gets no PONG in time, a channel the server unsubscribed, a primary that changed) empties
+the cache and bypasses it until every subscription is confirmed again.
+
+Where to listen depends on the deployment (`routes_for`):
+
+* one Redis: one connection, `SUBSCRIBE` to the namespace's channel;
+* Sentinel: the same, on the primary the sentinels name; every ping interval the
+  subscriber asks them again, and a new primary counts as a loss;
+* Redis Cluster: one connection per primary, `SSUBSCRIBE` to each bucket channel it
+  owns. The server unsubscribes a shard channel whose slot moves away or whose node is
+  demoted, and a dead primary breaks its connection: each is a loss, after which the
+  slot map is read again. redis-py's `ClusterPubSub` is not used: it moves shard
+  subscriptions to their new node by itself, so the messages published meanwhile are
+  missed with no sign, which the never-stale rule cannot allow.
+
+redis-py would reconnect and resubscribe silently; these connections have no retries,
+so every loss surfaces, and a second confirmation of one channel counts as a loss too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 
 from .cache import SessionCache
+from .keys import ClusterLayout, Layout
 
-__all__ = ["Subscriber"]
+__all__ = ["Route", "Subscriber", "routes_for"]
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY = 1.0
+# What a pub/sub connection keeps of the data client's settings: where and who.
+_CONNECTION_SETTINGS = (
+    "host", "port", "path", "db", "username", "password", "credential_provider",
+    "client_name", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options",
+    "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_data",
+    "ssl_check_hostname", "ssl_min_version", "ssl_ciphers", "ssl_include_verify_flags",
+    "ssl_exclude_verify_flags",
+)  # fmt: skip
 
 
 class SubscriptionLost(Exception):
@@ -35,16 +63,112 @@ class SubscriptionLost(Exception):
         self.reason = reason
 
 
-def subscriber_client(client: Redis) -> Redis:
-    """A client for the pub/sub connection: same server and credentials, no retries."""
+@dataclass(slots=True)
+class Route:
+    """One pub/sub connection: the client it uses, and the channels it listens to.
+
+    `still_current`, when given, is asked every ping interval whether the server is
+    still the one to listen to (Sentinel: still the primary).
+    """
+
+    client: Redis
+    channels: list[str]
+    name: str
+    still_current: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
+
+
+RouteSource = Callable[[], Awaitable[list[Route]]]
+
+
+ConnectionClass = type[Connection] | type[UnixDomainSocketConnection]
+
+
+def _plain_client(settings: dict[str, Any], connection_class: ConnectionClass) -> Redis:
+    """A client for a pub/sub connection: same server and credentials, no retries."""
+    kept = {key: value for key, value in settings.items() if key in _CONNECTION_SETTINGS}
+    if connection_class is UnixDomainSocketConnection:
+        kept.pop("host", None)
+        kept.pop("port", None)
+    pool = ConnectionPool(
+        connection_class=connection_class,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        decode_responses=True,
+        **kept,
+    )
+    return Redis(connection_pool=pool)
+
+
+def _plain_class(connection_class: type[Any]) -> ConnectionClass:
+    # Sentinel's managed connections ask the sentinels where to go; a subscriber
+    # connects to the address it was given, over the same transport.
+    if issubclass(connection_class, SSLConnection):
+        return SSLConnection
+    if issubclass(connection_class, UnixDomainSocketConnection):
+        return UnixDomainSocketConnection
+    return Connection
+
+
+def routes_for(client: Redis | RedisCluster, layout: Layout) -> RouteSource:
+    """Where this deployment's invalidations are heard (see the module docstring)."""
+    if isinstance(client, RedisCluster):
+        if not isinstance(layout, ClusterLayout):
+            raise TypeError("a RedisCluster client needs the cluster layout")
+        return partial_routes(_cluster_routes, client, layout)
     pool = client.connection_pool
-    options = {
-        **pool.connection_kwargs,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-        "decode_responses": True,
-    }
-    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **options))
+    if isinstance(pool, SentinelConnectionPool):
+        return partial_routes(_sentinel_routes, pool, layout.channel())
+    return partial_routes(_standalone_routes, pool, layout.channel())
+
+
+def partial_routes(make: Callable[..., Awaitable[list[Route]]], *args: Any) -> RouteSource:
+    async def routes() -> list[Route]:
+        return await make(*args)
+
+    return routes
+
+
+async def _standalone_routes(pool: ConnectionPool, channel: str) -> list[Route]:
+    client = _plain_client(pool.connection_kwargs, _plain_class(pool.connection_class))
+    return [Route(client, [channel], "redis")]
+
+
+async def _sentinel_routes(pool: SentinelConnectionPool, channel: str) -> list[Route]:
+    sentinels, service = pool.sentinel_manager, pool.service_name
+    address = await sentinels.discover_master(service)
+    host, port = address
+    settings = {**pool.connection_kwargs, "host": host, "port": port}
+    client = _plain_client(settings, _plain_class(pool.connection_class))
+
+    async def still_primary() -> bool:
+        return tuple(await sentinels.discover_master(service)) == tuple(address)
+
+    return [Route(client, [channel], f"primary {host}:{port}", still_primary)]
+
+
+async def _cluster_routes(cluster: RedisCluster, layout: ClusterLayout) -> list[Route]:
+    # Read the slot map afresh: after a failover the client's own map may be stale
+    # until a command of its own meets a MOVED.
+    slots: Any = await cluster.cluster_slots(target_nodes=RedisCluster.RANDOM)
+    by_node: dict[tuple[str, int], list[str]] = {}
+    for bucket in range(layout.buckets):
+        slot = layout.slot(bucket)
+        owner = next(
+            (info["primary"] for (low, high), info in slots.items() if low <= slot <= high), None
+        )
+        if owner is None:
+            raise SubscriptionLost("slot_not_covered")
+        by_node.setdefault((str(owner[0]), int(owner[1])), []).append(layout.channel(bucket))
+    settings = cluster.get_connection_kwargs()
+    connection_class = _plain_class(settings.get("connection_class") or Connection)
+    return [
+        Route(
+            _plain_client({**settings, "host": host, "port": port}, connection_class),
+            channels,
+            f"primary {host}:{port}",
+        )
+        for (host, port), channels in sorted(by_node.items())
+    ]
 
 
 class Subscriber:
@@ -52,16 +176,16 @@ class Subscriber:
 
     def __init__(
         self,
-        client: Redis,
-        channel: str,
+        routes: RouteSource,
         cache: SessionCache,
         *,
+        sharded: bool,
         ping_interval: float,
         ping_timeout: float,
     ) -> None:
-        self._client = subscriber_client(client)
-        self._channel = channel
+        self._routes = routes
         self._cache = cache
+        self._sharded = sharded
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self.confirmed = asyncio.Event()
@@ -71,7 +195,7 @@ class Subscriber:
         try:
             while True:
                 try:
-                    await self._listen()
+                    await self._listen_everywhere()
                 except SubscriptionLost as lost:
                     was_subscribed = self._lose(lost.reason)
                 except (ConnectionError, TimeoutError, OSError) as error:
@@ -88,7 +212,6 @@ class Subscriber:
                 delay = min(delay * 2, MAX_RETRY_DELAY)
         finally:
             self._cache.lost("closed")
-            await self._client.aclose(close_connection_pool=True)
 
     def _lose(self, reason: str, error: BaseException | None = None) -> bool:
         was_subscribed = self.confirmed.is_set()
@@ -102,11 +225,41 @@ class Subscriber:
             log.debug("session cache subscription not established (%s%s)", reason, _detail(error))
         return was_subscribed
 
-    async def _listen(self) -> None:
+    async def _listen_everywhere(self) -> None:
+        """Listen on every route at once; returns only by raising the first loss."""
+        routes = await self._routes()
+        unconfirmed = {route.name for route in routes}
+
+        def on_confirmed(route: Route) -> None:
+            unconfirmed.discard(route.name)
+            if not unconfirmed:
+                self._cache.confirmed()
+                self.confirmed.set()
+                log.info("session cache subscribed (%s)", ", ".join(r.name for r in routes))
+
+        tasks = [
+            asyncio.create_task(
+                self._listen(route, on_confirmed), name=f"cached-sessions listener ({route.name})"
+            )
+            for route in routes
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises the loss
+            raise SubscriptionLost("error")  # a listener never returns normally
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for route in routes:
+                await route.client.aclose(close_connection_pool=True)
+
+    async def _listen(self, route: Route, on_confirmed: Callable[[Route], None]) -> None:
         loop = asyncio.get_running_loop()
-        async with self._client.pubsub() as pubsub:
-            await pubsub.subscribe(self._channel)
-            confirmed = False
+        async with route.client.pubsub() as pubsub:
+            await self._subscribe(pubsub, route.channels)
+            pending = set(route.channels)
             last_ping = loop.time()
             ping_sent: float | None = None
             while True:
@@ -117,24 +270,33 @@ class Subscriber:
                     ping_sent = None  # the only plain reply here answers our PING
                 elif reply is not None:
                     kind = _text(reply[0]).lower()
-                    if kind == "message":
+                    if kind in ("message", "smessage"):
                         self._invalidate(_text(reply[2]))
                     elif kind == "pong":
                         ping_sent = None
-                    elif kind == "subscribe" and not confirmed:
-                        confirmed = True
-                        self._cache.confirmed()
-                        self.confirmed.set()
-                        log.info("session cache subscribed to %s", self._channel)
-                    elif kind == "subscribe":
+                    elif kind in ("subscribe", "ssubscribe") and _text(reply[1]) in pending:
+                        pending.discard(_text(reply[1]))
+                        if not pending:
+                            on_confirmed(route)
+                    elif kind in ("subscribe", "ssubscribe"):
                         raise SubscriptionLost("reconnect")
                     else:
                         raise SubscriptionLost("unsubscribed" if "unsubscribe" in kind else "error")
                 if ping_sent is not None and now - ping_sent > self._ping_timeout:
                     raise SubscriptionLost("missed_pong")
                 if ping_sent is None and now - last_ping >= self._ping_interval:
+                    if route.still_current is not None and not await route.still_current():
+                        raise SubscriptionLost("primary_changed")
                     await pubsub.ping()
                     ping_sent = last_ping = now
+
+    async def _subscribe(self, pubsub: Any, channels: Sequence[str]) -> None:
+        if not self._sharded:
+            await pubsub.subscribe(*channels)
+            return
+        # One SSUBSCRIBE per channel: the server refuses channels of several slots in one.
+        for channel in channels:
+            await pubsub.ssubscribe(channel)
 
     def _invalidate(self, data: str) -> None:
         app, sep, token = data.partition(":")
@@ -142,7 +304,7 @@ class Subscriber:
             self._cache.invalidate(app, token)
         else:
             # Which session it meant is unknown, so none of them can be trusted.
-            log.warning("malformed message on %s; cache flushed", self._channel)
+            log.warning("malformed invalidation message; cache flushed")
             self._cache.flush("malformed_message")
 
 

@@ -1,22 +1,41 @@
-"""Key, member and channel names: the only code that knows the Redis layout.
+"""Key, member and channel names: the only code that knows a Redis layout.
+
+Two layouts share one interface:
+
+* `KeyLayout`, the redis-sessions 4.x layout for one Redis (or a Sentinel-managed
+  primary): one bucket, no hash tags, `PUBLISH` on one channel. Node can share it.
+* `ClusterLayout`, for Redis Cluster: every app spreads over a fixed number of
+  buckets, each bucket one hash slot. A user's bucket is a stable hash of the id; a
+  token carries its bucket in its first two characters. Every key of a bucket, and
+  its invalidation channel, carry the bucket's hash tag, so each per-token or per-user
+  call runs one script on one slot, and app-wide calls fan out over the buckets.
 
 The scripts take every key they can know before they run as KEYS. Keys that depend on
 data a script reads first (the id stored in a session, the app and token named by a
 member of the expiry index, a reference value in its data) are built inside the script
-from the templates below, with the placeholders `<app>`, `<token>`, `<id>`, `<field>` and
-`<value>`. A different layout, such as one with hash tags for Redis Cluster, is a
-different `KeyLayout`; the scripts stay as they are.
+from the templates below, with the placeholders `<tag>`, `<app>`, `<token>`, `<id>`,
+`<field>` and `<value>`; `<tag>` is the hash tag of the script's first key, so every
+key a script builds lives in the slot of the keys it declared.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Final
+import zlib
+from dataclasses import dataclass, field
+from typing import ClassVar, Final
 
-__all__ = ["KeyLayout"]
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from .tokens import ALPHABET, new_token
+
+__all__ = ["DEFAULT_BUCKETS", "ClusterLayout", "KeyLayout", "Layout"]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_BASE = len(ALPHABET)
+_DIGIT: Final = {char: index for index, char in enumerate(ALPHABET)}
+DEFAULT_BUCKETS: Final = 64
+MAX_BUCKETS: Final = 1024  # two token characters hold 62**2 = 3844; slots, 16384
 
 # The order in which every script receives the templates, as its first ARGV.
 TEMPLATE_ORDER: Final = (
@@ -33,35 +52,51 @@ TEMPLATE_ORDER: Final = (
 )
 
 
+def _check_namespace(namespace: object) -> None:
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise ValueError(
+            f"namespace must be 1 to 64 characters of [A-Za-z0-9_.-], got {namespace!r}"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
-    """The redis-sessions 4.x layout under one namespace (default `rs`)."""
+    """The redis-sessions 4.x layout under one namespace (default `rs`): one bucket."""
 
     namespace: str = "rs"
+    cluster: ClassVar[bool] = False
+    buckets: ClassVar[int] = 1
+    publish: ClassVar[str] = "PUBLISH"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.namespace, str) or not _NAMESPACE.fullmatch(self.namespace):
-            raise ValueError(
-                f"namespace must be 1 to 64 characters of [A-Za-z0-9_.-], got {self.namespace!r}"
-            )
+        _check_namespace(self.namespace)
+
+    def bucket_of_id(self, id: str) -> int:
+        return 0
+
+    def bucket_of_token(self, token: str) -> int:
+        return 0
+
+    def new_token(self, bucket: int) -> str:
+        return new_token()
 
     # Keys known before a script runs.
     def session(self, app: str, token: str) -> str:
         return f"{self.namespace}:{app}:{token}"
 
-    def app_sessions(self, app: str) -> str:
+    def app_sessions(self, app: str, bucket: int = 0) -> str:
         return f"{self.namespace}:{app}:_sessions"
 
-    def app_users(self, app: str) -> str:
+    def app_users(self, app: str, bucket: int = 0) -> str:
         return f"{self.namespace}:{app}:_users"
 
     def user_tokens(self, app: str, id: str) -> str:
         return f"{self.namespace}:{app}:us:{id}"
 
-    def expiry_index(self) -> str:
+    def expiry_index(self, bucket: int = 0) -> str:
         return f"{self.namespace}:SESSIONS"
 
-    def reference(self, app: str, field: str, value: str) -> str:
+    def reference(self, app: str, field: str, value: str, bucket: int = 0) -> str:
         """The set of tokens whose data holds `field` = `value` (its JSON text)."""
         return f"{self.namespace}:{app}:ref:{field}:{value}"
 
@@ -69,26 +104,140 @@ class KeyLayout:
         # A dash never occurs in a token, so no app's session key can be this name.
         return f"{self.namespace}:SESSIONS:wipe-lock"
 
-    def channel(self) -> str:
+    def durable_marker(self, bucket: int = 0) -> str:
+        """A key durable kills write, so that WAIT has a write of theirs to wait for."""
+        return f"{self.namespace}:SESSIONS:durable-mark"
+
+    def channel(self, bucket: int = 0) -> str:
         return f"{self.namespace}:cache"
 
+    def channels(self) -> list[str]:
+        """Every channel a subscriber must listen to."""
+        return [self.channel()]
+
     def message(self, app: str, token: str) -> str:
-        """What the channel carries to drop one session from every cache."""
+        """What a channel carries to drop one session from every cache."""
         return f"{app}:{token}"
 
     def templates(self) -> tuple[str, ...]:
         """The templates, in `TEMPLATE_ORDER`, that scripts fill for derived keys."""
-        ns = self.namespace
-        by_name = {
-            "session": f"{ns}:<app>:<token>",
-            "app_sessions": f"{ns}:<app>:_sessions",
-            "app_users": f"{ns}:<app>:_users",
-            "user_tokens": f"{ns}:<app>:us:<id>",
-            "expiry_index": self.expiry_index(),
-            "app_member": "<token>:<id>",
-            "global_member": "<app>:<token>:<id>",
-            "channel": self.channel(),
-            "message": "<app>:<token>",
-            "reference": f"{ns}:<app>:ref:<field>:<value>",
-        }
-        return tuple(by_name[name] for name in TEMPLATE_ORDER)
+        return _templates(self.namespace, self.expiry_index(), self.channel())
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLayout:
+    """The layout for Redis Cluster: `buckets` hash slots per namespace, shared by its
+    apps, so that every app (and every tenant of an app-per-tenant service) spreads
+    over every shard, and one subscriber listens to a fixed set of channels.
+
+    Each bucket's hash tag is chosen so that the buckets' slots lie evenly over the
+    slot space: a cluster whose shards own equal slot ranges (as clusters are made)
+    holds equal shares of the buckets, within one. Every process of a namespace must
+    use the same bucket count: it decides where every user and token lives.
+    """
+
+    namespace: str = "rs"
+    buckets: int = DEFAULT_BUCKETS
+    cluster: ClassVar[bool] = True
+    publish: ClassVar[str] = "SPUBLISH"
+    _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_namespace(self.namespace)
+        buckets = self.buckets
+        if not isinstance(buckets, int) or isinstance(buckets, bool):
+            raise ValueError("buckets must be an integer")
+        if not 1 <= buckets <= MAX_BUCKETS:
+            raise ValueError(f"buckets must be from 1 to {MAX_BUCKETS}, got {buckets}")
+        object.__setattr__(self, "_tags", tuple(_spread_tag(b, buckets) for b in range(buckets)))
+
+    def tag(self, bucket: int) -> str:
+        return self._tags[bucket]
+
+    def slot(self, bucket: int) -> int:
+        return key_slot(self._tags[bucket].encode())
+
+    def bucket_of_id(self, id: str) -> int:
+        return zlib.crc32(id.encode("utf-8")) % self.buckets
+
+    def bucket_of_token(self, token: str) -> int:
+        # Any well-formed token names some bucket; one this layout did not mint
+        # simply misses there.
+        return (_DIGIT[token[0]] * _BASE + _DIGIT[token[1]]) % self.buckets
+
+    def new_token(self, bucket: int) -> str:
+        return ALPHABET[bucket // _BASE] + ALPHABET[bucket % _BASE] + new_token()[2:]
+
+    def _prefix(self, bucket: int) -> str:
+        return f"{self.namespace}:{{{self._tags[bucket]}}}"
+
+    def session(self, app: str, token: str) -> str:
+        return f"{self._prefix(self.bucket_of_token(token))}:{app}:{token}"
+
+    def app_sessions(self, app: str, bucket: int = 0) -> str:
+        return f"{self._prefix(bucket)}:{app}:_sessions"
+
+    def app_users(self, app: str, bucket: int = 0) -> str:
+        return f"{self._prefix(bucket)}:{app}:_users"
+
+    def user_tokens(self, app: str, id: str) -> str:
+        return f"{self._prefix(self.bucket_of_id(id))}:{app}:us:{id}"
+
+    def expiry_index(self, bucket: int = 0) -> str:
+        return f"{self._prefix(bucket)}:SESSIONS"
+
+    def reference(self, app: str, field: str, value: str, bucket: int = 0) -> str:
+        return f"{self._prefix(bucket)}:{app}:ref:{field}:{value}"
+
+    def wipe_lock(self) -> str:
+        return f"{self.namespace}:SESSIONS:wipe-lock"
+
+    def durable_marker(self, bucket: int = 0) -> str:
+        return f"{self._prefix(bucket)}:SESSIONS:durable-mark"
+
+    def channel(self, bucket: int = 0) -> str:
+        return f"{self._prefix(bucket)}:cache"
+
+    def channels(self) -> list[str]:
+        return [self.channel(bucket) for bucket in range(self.buckets)]
+
+    def message(self, app: str, token: str) -> str:
+        return f"{app}:{token}"
+
+    def templates(self) -> tuple[str, ...]:
+        prefix = f"{self.namespace}:{{<tag>}}"
+        return _templates(prefix, f"{prefix}:SESSIONS", f"{prefix}:cache")
+
+
+Layout = KeyLayout | ClusterLayout
+
+
+def _templates(prefix: str, expiry_index: str, channel: str) -> tuple[str, ...]:
+    by_name = {
+        "session": f"{prefix}:<app>:<token>",
+        "app_sessions": f"{prefix}:<app>:_sessions",
+        "app_users": f"{prefix}:<app>:_users",
+        "user_tokens": f"{prefix}:<app>:us:<id>",
+        "expiry_index": expiry_index,
+        "app_member": "<token>:<id>",
+        "global_member": "<app>:<token>:<id>",
+        "channel": channel,
+        "message": "<app>:<token>",
+        "reference": f"{prefix}:<app>:ref:<field>:<value>",
+    }
+    return tuple(by_name[name] for name in TEMPLATE_ORDER)
+
+
+def _spread_tag(bucket: int, buckets: int) -> str:
+    """The first tag `<bucket>-<n>` whose slot lies in the bucket's share of the slots.
+
+    About `buckets` tries per bucket, once per layout: cheap, and the same in every
+    process, so every process agrees on where each bucket lives.
+    """
+    low = bucket * REDIS_CLUSTER_HASH_SLOTS // buckets
+    high = (bucket + 1) * REDIS_CLUSTER_HASH_SLOTS // buckets
+    for n in range(1_000_000):
+        tag = f"{bucket}-{n}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+    raise AssertionError("unreachable: CRC16 covers every slot range")  # pragma: no cover

@@ -2,9 +2,12 @@
 
 Each script is a header with the layout's key templates and the indexed reference
 fields (so that no call has to send them), the shared prelude (`lua/_lib.lua`), then
-the operation's body.
-redis-py's `AsyncScript` sends EVALSHA and loads the script again after a NOSCRIPT
-reply (a restarted or flushed server), so callers never see that error.
+the operation's body. Calls go out as EVALSHA; after a NOSCRIPT reply (a restarted,
+flushed or newly promoted server) the script is loaded again (on a cluster, on every
+primary) and the call repeated, so callers never see that error.
+
+On a cluster, redis-py routes each call by its first key and follows MOVED, ASK and
+TRYAGAIN by itself; a pipeline goes out as one batch per node, the nodes at once.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from .keys import TEMPLATE_ORDER, KeyLayout
+from .errors import NotDurableError
+from .keys import TEMPLATE_ORDER, Layout
 from .slots import ConnectionSlots
 
-__all__ = ["OPERATIONS", "Scripts", "script_source"]
+__all__ = ["OPERATIONS", "Client", "Durability", "Scripts", "script_source"]
+
+Client = Redis | RedisCluster
+Call = tuple[Sequence[str], Sequence[Any]]  # keys, args
 
 OPERATIONS = (
     "create", "get", "set", "kill", "killall", "killsoid", "soid", "soapp", "wipe", "touch",
@@ -44,13 +52,14 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in text.encode()) + '"'
 
 
-def layout_header(layout: KeyLayout, references: Sequence[str] = ()) -> str:
+def layout_header(layout: Layout, references: Sequence[str] = ()) -> str:
     fields = ", ".join(
         f"{name} = {_lua_string(t)}"
         for name, t in zip(TEMPLATE_ORDER, layout.templates(), strict=True)
     )
     indexed = ", ".join(f"[{_lua_string(field)}] = true" for field in references)
-    return f"local L = {{{fields}, references = {{{indexed}}}}}\n"
+    publish = _lua_string(layout.publish)
+    return f"local L = {{{fields}, publish = {publish}, references = {{{indexed}}}}}\n"
 
 
 def script_source(operation: str, header: str) -> str:
@@ -58,29 +67,43 @@ def script_source(operation: str, header: str) -> str:
     return f"{header}{_lua_file('_lib')}\n{_lua_file(operation)}"
 
 
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """Kills return once `replicas` replicas have them, or fail after `wait` seconds."""
+
+    replicas: int
+    wait: float
+
+
 @dataclass(slots=True)
 class Scripts:
     """The operation scripts bound to one client, for one layout."""
 
-    _client: Redis
+    _client: Client
     _scripts: dict[str, AsyncScript]
     slots: ConnectionSlots
 
     @classmethod
     def bind(
         cls,
-        client: Redis,
-        layout: KeyLayout,
+        client: Client,
+        layout: Layout,
         slots: ConnectionSlots,
         references: Sequence[str] = (),
     ) -> Scripts:
         """`references`: the data keys whose values the scripts index (kill_by)."""
         header = layout_header(layout, references)
-        scripts = {op: client.register_script(script_source(op, header)) for op in OPERATIONS}
+        scripts = {op: AsyncScript(client, script_source(op, header)) for op in OPERATIONS}
         return cls(_client=client, _scripts=scripts, slots=slots)
 
-    async def preload(self, client: Redis) -> None:
-        """Load every script in one round trip, so no first call meets NOSCRIPT."""
+    async def preload(self) -> None:
+        """Load every script up front, so no first call meets NOSCRIPT."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            # SCRIPT LOAD goes to every primary; a cluster pipeline refuses it.
+            for script in self._scripts.values():
+                await self.slots.call(client.script_load, script.script)
+            return
         pipe = client.pipeline(transaction=False)
         for script in self._scripts.values():
             pipe.script_load(script.script)
@@ -92,19 +115,100 @@ class Scripts:
         return self.slots.call(self._evalsha, self._scripts[operation], keys, args)
 
     async def _evalsha(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self._client
         try:
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # the server was restarted or flushed its scripts
-            await self._client.script_load(script.script)
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # the server was restarted, flushed or newly promoted
+            await client.script_load(script.script)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
 
     def queue(
-        self, pipe: Pipeline, operation: str, keys: Sequence[str], args: Sequence[Any]
+        self,
+        pipe: Pipeline | ClusterPipeline,
+        operation: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
     ) -> None:
         """Add one call to a pipeline as a bare EVALSHA (no per-batch SCRIPT EXISTS)."""
         sha = self._scripts[operation].sha
         pipe.evalsha(sha, len(keys), *keys, *args)
 
-    async def load(self, client: Redis, operation: str) -> None:
+    def pipeline(self) -> Pipeline | ClusterPipeline:
+        return self._client.pipeline(transaction=False)
+
+    async def load(self, operation: str) -> None:
         """Load a script after NOSCRIPT, for pipelines (run() does this by itself)."""
-        await self.slots.call(client.script_load, self._scripts[operation].script)
+        await self.slots.call(self._client.script_load, self._scripts[operation].script)
+
+    async def run_many(self, operation: str, calls: Sequence[Call]) -> list[Any]:
+        """Many calls of one script in one pipeline; each result or its exception."""
+        results = await self._send(operation, calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            await self.load(operation)
+            again = await self._send(operation, [calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _send(self, operation: str, calls: Sequence[Call]) -> list[Any]:
+        pipe = self.pipeline()
+        for keys, args in calls:
+            self.queue(pipe, operation, keys, args)
+        return list(await self.slots.call(pipe.execute, raise_on_error=False))
+
+    async def run_durable(
+        self,
+        operation: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        marker: str,
+        durability: Durability,
+    ) -> Any:
+        """One call that returns only once `durability.replicas` replicas have it (WAIT).
+
+        WAIT counts the replicas that have every write of its own connection, so the
+        call, a write to `marker` (in the call's slot: the call may have had nothing
+        left to write, its work done by an earlier try whose acknowledgement was lost)
+        and the WAIT go out in one pipeline, on one connection. Replication keeps the
+        primary's order, so a replica that has the marker has the call too.
+        """
+        for _ in range(2):
+            results, node = await self._durable_round(operation, keys, args, marker, durability)
+            if node is None or node == self._owner(marker):
+                break  # the slot did not move away during the call
+        if isinstance(results[0], NoScriptError):
+            await self.load(operation)
+            results, _ = await self._durable_round(operation, keys, args, marker, durability)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        acknowledged = int(results[2])
+        if acknowledged < durability.replicas:
+            raise NotDurableError(operation, acknowledged, durability.replicas, durability.wait)
+        return results[0]
+
+    async def _durable_round(
+        self,
+        operation: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        marker: str,
+        durability: Durability,
+    ) -> tuple[list[Any], Any]:
+        pipe = self.pipeline()
+        self.queue(pipe, operation, keys, args)
+        pipe.set(marker, "1")
+        wait = ("WAIT", durability.replicas, max(1, int(durability.wait * 1000)))
+        node = self._owner(marker)
+        if node is None:
+            pipe.execute_command(*wait)
+        else:
+            pipe.execute_command(*wait, target_nodes=node)
+        return list(await self.slots.call(pipe.execute, raise_on_error=False)), node
+
+    def _owner(self, key: str) -> Any:
+        """The cluster node that serves `key` now, or None off a cluster."""
+        client = self._client
+        return client.get_node_from_key(key) if isinstance(client, RedisCluster) else None

@@ -16,20 +16,19 @@ from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from .cache import SessionCache
+from .connect import connect, is_cluster_url, redacted_url
 from .embedded import EmbeddedServer
 from .errors import InvalidValueError, MissingParameterError, SessionsClosedError, StoredDataError
-from .invalidation import Subscriber, raise_if_cancelling
-from .keys import KeyLayout
+from .invalidation import Subscriber, raise_if_cancelling, routes_for
+from .keys import DEFAULT_BUCKETS, ClusterLayout, KeyLayout, Layout
 from .model import EXPIRED, FOUND, MISSING, Fetched, SessionDict, session_from_reply
-from .scripts import Scripts
+from .scripts import Client, Durability, Scripts
 from .slots import ConnectionSlots
-from .tokens import new_token
 from .touch import TouchFlusher
 from .validation import (
     MAX_DATA_BYTES,
@@ -70,27 +69,38 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def redacted_url(url: str) -> str:
-    """The URL with its credentials and query masked, fit for a repr or a log line.
+def _durability(replicas: object, wait: object, redis_timeout: float) -> Durability | None:
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        raise ValueError("durable_kills must be 0 (off) or a number of replicas")
+    seconds = _seconds("durable_wait", wait)
+    if not replicas:
+        return None
+    if seconds >= redis_timeout:
+        raise ValueError("durable_wait must be shorter than redis_timeout")
+    return Durability(replicas, seconds)
 
-    A password may sit in the user part or in the query (`?password=...`), and a
-    malformed URL may put it anywhere: only the scheme, host, port and path survive.
-    """
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname or "", parts.port
-    except ValueError:
-        return "<unparsable url>"
-    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+
+def _raise_first(results: list[Any]) -> list[Any]:
+    """The results of a fan-out, or the first error among them."""
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 class RedisSessions:
     """Sessions in Redis under the redis-sessions 4.x data model.
 
-    The Redis connection comes from `redis` (a client the caller owns and closes),
-    else `url`, else the `REDIS_URL` environment variable, else an embedded Valkey
-    server this object starts on first use and stops on `aclose()`.
+    The Redis connection comes from `redis` (a client the caller owns and closes: a
+    `Redis`, a Sentinel's `master_for(...)`, or a `RedisCluster`), else `url`, else the
+    `REDIS_URL` environment variable (see connect.py for the cluster and Sentinel
+    forms), else an embedded Valkey server this object starts on first use and stops on
+    `aclose()`. On a cluster the keys follow the cluster layout (keys.py): every app
+    spreads over `buckets` hash slots, a number all processes must share.
+
+    With `durable_kills=n`, every kill (kill, killsoid, killall, kill_by) returns only
+    once `n` replicas have it, or raises NotDurableError after `durable_wait` seconds,
+    so that no failover brings a killed session back.
 
     `clock` returns unix seconds; every operation reads it once. All processes that
     share a Redis must agree on the time (NTP), as with redis-sessions.
@@ -108,7 +118,7 @@ class RedisSessions:
 
     def __init__(
         self,
-        redis: Redis | None = None,
+        redis: Client | None = None,
         *,
         url: str | None = None,
         namespace: str = "rs",
@@ -123,6 +133,9 @@ class RedisSessions:
         ping_interval: float = DEFAULT_PING_INTERVAL,
         timer: Callable[[], float] = time.monotonic,
         references: Sequence[str] = (),
+        buckets: int = DEFAULT_BUCKETS,
+        durable_kills: int = 0,
+        durable_wait: float = 1.0,
     ) -> None:
         if redis is not None and url is not None:
             raise ValueError("pass either redis= or url=, not both")
@@ -139,15 +152,21 @@ class RedisSessions:
             raise ValueError("cachemax must be a positive integer")
         if not isinstance(batch, int) or batch < 1:
             raise ValueError("batch must be a positive integer")
-        self._layout = KeyLayout(namespace)
         self._given = redis
         self._url = url if url is not None else os.environ.get("REDIS_URL") or None
+        on_cluster = isinstance(redis, RedisCluster) or (
+            self._url is not None and is_cluster_url(self._url)
+        )
+        self._layout: Layout = (
+            ClusterLayout(namespace, buckets) if on_cluster else KeyLayout(namespace)
+        )
         self._clock = clock
         self._batch = batch
         # Every call of this store holds a slot and a deadline (slots.py).
         self._slots = ConnectionSlots(max_connections, _seconds("redis_timeout", redis_timeout))
+        self._durability = _durability(durable_kills, durable_wait, self._slots.timeout)
         self._wipe_interval = 0 if wipe == 0 else max(wipe, MIN_WIPE_INTERVAL)
-        self._redis: Redis | None = None
+        self._redis: Client | None = None
         self._scripts: Scripts | None = None
         self._embedded: EmbeddedServer | None = None
         self._touch_interval = touch_interval
@@ -177,11 +196,11 @@ class RedisSessions:
         return f"RedisSessions(namespace={self._layout.namespace!r}, server={server!r})"
 
     @property
-    def layout(self) -> KeyLayout:
+    def layout(self) -> Layout:
         return self._layout
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> Client:
         """The client in use; for tests and tools that need to look at Redis directly."""
         if self._redis is None:
             raise RuntimeError("not started: call `await start()` or use `async with`")
@@ -241,7 +260,11 @@ class RedisSessions:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.warning("task %r had failed: %s", task.get_name(), task.exception())
         client, self._redis = self._redis, None
-        if client is not None and client is not self._given:
+        if client is None or client is self._given:
+            pass
+        elif isinstance(client, RedisCluster):
+            await client.aclose()
+        else:
             await client.aclose(close_connection_pool=True)
         embedded, self._embedded = self._embedded, None
         if embedded is not None:
@@ -259,12 +282,12 @@ class RedisSessions:
                     self._redis = self._given or await self._connect()
                 client = self._redis
                 scripts = Scripts.bind(client, self._layout, self._slots, self._references)
-                await scripts.preload(client)
+                await scripts.preload()
                 self._start_tasks(client, scripts)
                 self._scripts = scripts
             return self._scripts
 
-    def _start_tasks(self, client: Redis, scripts: Scripts) -> None:
+    def _start_tasks(self, client: Client, scripts: Scripts) -> None:
         namespace = self._layout.namespace
         if self._wipe_interval:
             self._spawn(self._wipe_loop(), f"cached-sessions wipe ({namespace})")
@@ -272,15 +295,15 @@ class RedisSessions:
         if cache is None:
             return
         self._subscriber = Subscriber(
-            client,
-            self._layout.channel(),
+            routes_for(client, self._layout),
             cache,
+            sharded=self._layout.cluster,
             ping_interval=self._ping_interval,
             ping_timeout=max(self._ping_interval, MIN_PING_TIMEOUT),
         )
         self._spawn(self._subscriber.run(), f"cached-sessions subscriber ({namespace})")
         self._flusher = TouchFlusher(
-            client, scripts, self._layout, cache, interval=self._touch_interval, clock=self._clock
+            scripts, self._layout, cache, interval=self._touch_interval, clock=self._clock
         )
         self._spawn(self._flusher.run(), f"cached-sessions touches ({namespace})")
 
@@ -302,7 +325,7 @@ class RedisSessions:
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(work, name=name))
 
-    async def _connect(self) -> Redis:
+    async def _connect(self) -> Client:
         url = self._url
         if url is None:
             self._embedded = EmbeddedServer()
@@ -311,16 +334,7 @@ class RedisSessions:
         # Bounded waits everywhere: a paused or unreachable server fails a request
         # in seconds (the middleware answers 503) instead of hanging it. Each call's
         # deadline is the slots' (see slots.py); connecting has one of its own.
-        pool = ConnectionPool.from_url(
-            url,
-            # None, said out loud: redis-py 8 defaults to 5 s, which would cap
-            # redis_timeout and put every write through asyncio.wait_for, which on
-            # Python 3.11 can swallow a cancel that arrives as the write completes.
-            socket_timeout=None,
-            socket_connect_timeout=self._slots.timeout,
-            decode_responses=True,
-        )
-        return Redis(connection_pool=pool)
+        return connect(url, connect_timeout=self._slots.timeout)
 
     def _now(self) -> int:
         return int(self._clock())
@@ -344,14 +358,15 @@ class RedisSessions:
         flag = "1" if validate_no_resave(no_resave) else ""
         scripts = await self._ready()
         layout = self._layout
+        bucket = layout.bucket_of_id(id)
         while True:
-            token = new_token()
+            token = layout.new_token(bucket)
             keys = [
                 layout.session(app, token),
-                layout.app_sessions(app),
-                layout.app_users(app),
+                layout.app_sessions(app, bucket),
+                layout.app_users(app, bucket),
                 layout.user_tokens(app, id),
-                layout.expiry_index(),
+                layout.expiry_index(bucket),
             ]
             args = [self._now(), app, token, id, ip, ttl, data, flag]
             # 0 only if the token already exists: draw another rather than overwrite.
@@ -429,9 +444,9 @@ class RedisSessions:
         app, token = validate_app(app), validate_token(token)
         scripts = await self._ready()
         try:
-            killed = await scripts.run(
-                "kill", self._session_key(app, token), [self._now(), app, token]
-            )
+            bucket = self._layout.bucket_of_token(token)
+            call = ("kill", self._session_key(app, token), [self._now(), app, token])
+            killed = await self._kill_call(scripts, bucket, *call)
         finally:
             self._drop(app, token)
         return {"kill": int(killed)}
@@ -454,7 +469,10 @@ class RedisSessions:
         scripts = await self._ready()
         keys = [self._layout.user_tokens(app, id)]
         try:
-            killed = await scripts.run("killsoid", keys, [self._now(), app, id])
+            bucket = self._layout.bucket_of_id(id)
+            killed = await self._kill_call(
+                scripts, bucket, "killsoid", keys, [self._now(), app, id]
+            )
         finally:
             if self._cache is not None:
                 self._cache.drop_where(app, id)
@@ -497,18 +515,28 @@ class RedisSessions:
         """Sessions of `app` active within `delta_time` seconds, newest first."""
         app, delta_time = validate_app(app), validate_delta_time(delta_time)
         scripts = await self._ready()
-        keys = [self._layout.app_sessions(app)]
-        raw = await scripts.run("soapp", keys, [self._now(), app, delta_time])
-        return {"sessions": [session_from_reply(item) for item in raw]}
+        layout, args = self._layout, [self._now(), app, delta_time]
+        calls = [([layout.app_sessions(app, b)], args) for b in range(layout.buckets)]
+        sessions = [
+            session_from_reply(item)
+            for reply in _raise_first(await scripts.run_many("soapp", calls))
+            for item in reply
+        ]
+        if layout.buckets > 1:
+            sessions.sort(key=lambda session: session["idle"])  # stable: each bucket's order
+        return {"sessions": sessions}
 
     async def activity(self, *, app: str, delta_time: int) -> dict[str, int]:
         """Distinct ids active within `delta_time` seconds (one ZCOUNT, atomic)."""
         app, delta_time = validate_app(app), validate_delta_time(delta_time)
-        await self._ready()
+        scripts = await self._ready()
         since = self._now() - delta_time
-        key = self._layout.app_users(app)
-        count = await self._slots.call(self.redis.zcount, key, since, "+inf")
-        return {"activity": int(count)}
+        # A user lives in one bucket, so the buckets' counts add up exactly.
+        pipe = scripts.pipeline()
+        for bucket in range(self._layout.buckets):
+            pipe.zcount(self._layout.app_users(app, bucket), since, "+inf")
+        counts = await self._slots.call(pipe.execute)
+        return {"activity": sum(int(count) for count in counts)}
 
     async def ping(self) -> str:
         await self._ready()
@@ -551,6 +579,17 @@ class RedisSessions:
         return await self._flusher.flush()
 
     # Helpers
+
+    async def _kill_call(
+        self, scripts: Scripts, bucket: int, operation: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        """One kill script call; with durable kills, it returns once replicated."""
+        if self._durability is None:
+            return await scripts.run(operation, keys, args)
+        marker = self._layout.durable_marker(bucket)
+        return await scripts.run_durable(
+            operation, keys, args, marker=marker, durability=self._durability
+        )
 
     def _drop(self, app: str, token: str) -> None:
         if self._cache is not None:

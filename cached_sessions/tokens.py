@@ -10,15 +10,15 @@ import secrets
 import string
 from typing import Final
 
-__all__ = ["TOKEN_LENGTH", "new_token"]
+__all__ = ["ALPHABET", "TOKEN_LENGTH", "new_token"]
 
 TOKEN_LENGTH: Final = 64
-_ALPHABET: Final = string.ascii_letters + string.digits
+ALPHABET: Final = string.ascii_letters + string.digits
 
 
 def new_token() -> str:
     # Bytes >= 248 are dropped so that `b % 62` stays uniform (248 = 4 * 62).
     chars: list[str] = []
     while len(chars) < TOKEN_LENGTH:
-        chars += [_ALPHABET[b % 62] for b in secrets.token_bytes(96) if b < 248]
+        chars += [ALPHABET[b % 62] for b in secrets.token_bytes(96) if b < 248]
     return "".join(chars[:TOKEN_LENGTH])

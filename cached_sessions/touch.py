@@ -3,7 +3,8 @@
 A hit costs no I/O, yet it is activity: redis-sessions counts reads in `r` and slides
 the expiry on each one. The flusher drains the cache's dirty entries every
 `interval` seconds and sends one EVALSHA of the touch script per session, all of a
-batch in one round trip. Nothing is published: only counters and scores change.
+batch in one round trip (on a cluster, one per node, the nodes at once). Nothing is
+published: only counters and scores change.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from .cache import CachedEntry, SessionCache
 from .invalidation import raise_if_cancelling
-from .keys import KeyLayout
+from .keys import Layout
 from .scripts import Scripts
 
 __all__ = ["TouchFlusher"]
@@ -34,15 +34,13 @@ class TouchFlusher:
 
     def __init__(
         self,
-        client: Redis,
         scripts: Scripts,
-        layout: KeyLayout,
+        layout: Layout,
         cache: SessionCache,
         *,
         interval: float,
         clock: Callable[[], float],
     ) -> None:
-        self._client = client
         self._scripts = scripts
         self._layout = layout
         self._cache = cache
@@ -85,7 +83,7 @@ class TouchFlusher:
         results = await self._send(calls)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
-            await self._scripts.load(self._client, "touch")
+            await self._scripts.load("touch")
             again = await self._send([calls[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
@@ -103,14 +101,15 @@ class TouchFlusher:
 
     async def _send(self, calls: list[tuple[CachedEntry, int, int]]) -> list[object]:
         layout = self._layout
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._scripts.pipeline()
         for entry, reads, at in calls:
             app, token = entry.app, entry.token
+            bucket = layout.bucket_of_token(token)
             keys = [
                 layout.session(app, token),
-                layout.app_sessions(app),
-                layout.app_users(app),
-                layout.expiry_index(),
+                layout.app_sessions(app, bucket),
+                layout.app_users(app, bucket),
+                layout.expiry_index(bucket),
             ]
             self._scripts.queue(pipe, "touch", keys, [app, token, entry.id, reads, at])
         return list(await self._scripts.slots.call(pipe.execute, raise_on_error=False))

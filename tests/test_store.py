@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from cached_sessions import InvalidValueError, RedisSessions, SessionsClosedError, StoredDataError
-from cached_sessions import store as store_module
+from cached_sessions import keys as keys_module
 from cached_sessions.model import MAX_DATA_DEPTH, nesting_depth
 from tests.conftest import ManualClock
 from tests.servers import ServerProcess
@@ -74,7 +74,7 @@ async def test_create_refuses_to_overwrite_an_existing_token(
     rs: RedisSessions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     drawn = iter(["A" * 64, "A" * 64, "B" * 64])
-    monkeypatch.setattr(store_module, "new_token", lambda: next(drawn))
+    monkeypatch.setattr(keys_module, "new_token", lambda: next(drawn))
     first = await new(rs, "first")
     second = await new(rs, "second")
     assert (first, second) == ("A" * 64, "B" * 64)

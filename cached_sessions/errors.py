@@ -7,7 +7,11 @@ they are `ValueError`s because every one of them means "the caller passed bad in
 
 from __future__ import annotations
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 __all__ = [
+    "IncompleteKillError",
     "InvalidFormatError",
     "InvalidValueError",
     "MissingParameterError",
@@ -78,3 +82,26 @@ class NotDurableError(RuntimeError):
         )
         self.acknowledged = acknowledged
         self.wanted = wanted
+
+
+class IncompleteKillError(RedisConnectionError, RedisTimeoutError):
+    """A batched kill (killall, kill_by, the wipe) stopped part way: Redis failed.
+
+    Each batch is one atomic script, so what was killed is gone for good and what was
+    not is intact: calling the same operation again carries on where this one stopped.
+    `killed` counts the sessions of the batches that answered; the batch that failed
+    may have run too, so more may be gone. The cause is `__cause__`.
+
+    It is both of redis-py's unavailability errors, the two a batch fails with, so
+    that code that turned them into a retry or a 503 still does.
+    """
+
+    def __init__(self, operation: str, killed: int, cause: BaseException) -> None:
+        done = "removing" if operation == "wipe" else "killing"
+        super().__init__(
+            f"{operation} stopped after {done} {killed} sessions, because Redis failed "
+            f"({cause}); the others are still there: call {operation} again to finish "
+            "(the batch that failed may have been applied too)"
+        )
+        self.operation = operation
+        self.killed = killed

@@ -18,12 +18,20 @@ from types import TracebackType
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .cache import SessionCache
 from .connect import connect, is_cluster_url, redacted_url
 from .embedded import EmbeddedServer
-from .errors import InvalidValueError, MissingParameterError, SessionsClosedError, StoredDataError
+from .errors import (
+    IncompleteKillError,
+    InvalidValueError,
+    MissingParameterError,
+    SessionsClosedError,
+    StoredDataError,
+)
 from .invalidation import Subscriber, raise_if_cancelling, routes_for
 from .keys import DEFAULT_BUCKETS, ClusterLayout, KeyLayout, Layout
 from .model import EXPIRED, FOUND, MISSING, Fetched, SessionDict, session_from_reply
@@ -32,6 +40,7 @@ from .slots import ConnectionSlots
 from .touch import TouchFlusher
 from .validation import (
     MAX_DATA_BYTES,
+    MAX_DATA_KEYS,
     MIN_TTL,
     dump_value,
     encode_create_data,
@@ -52,6 +61,12 @@ log = logging.getLogger(__name__)
 
 MIN_WIPE_INTERVAL = 10
 DEFAULT_BATCH = 100
+# What one call of a batched script (killall, kill_by, the wipe) may spend, in bytes of
+# `d` read (lua/_lib.lua counts a removal and a parse as fixed amounts too): at most a
+# few milliseconds of Redis time, whatever the sessions hold and whatever `batch` says.
+WORK_BUDGET = 1024 * 1024
+# A batch that fails for these reasons leaves the kill resumable (IncompleteKillError).
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 DEFAULT_TOUCH_INTERVAL = 2.0
 DEFAULT_PING_INTERVAL = 1.0
 MIN_PING_TIMEOUT = 0.5
@@ -424,11 +439,15 @@ class RedisSessions:
         return session_from_reply(raw)
 
     async def set(self, *, app: str, token: str, d: dict[str, Any]) -> SessionDict | None:
-        """Merge `d` into the session's data (None removes a key); returns the result."""
+        """Merge `d` into the session's data (None removes a key); returns the result.
+
+        The result is refused (InvalidValueError, nothing written) when it would hold
+        more than MAX_DATA_KEYS keys or MAX_DATA_BYTES bytes of JSON.
+        """
         app, token = validate_app(app), validate_token(token)
         patch = encode_data_patch(d)
         scripts = await self._ready()
-        args: list[Any] = [self._now(), app, token, MAX_DATA_BYTES]
+        args: list[Any] = [self._now(), app, token, MAX_DATA_BYTES, MAX_DATA_KEYS]
         for triple in patch:
             args.extend(triple)
         try:
@@ -452,7 +471,11 @@ class RedisSessions:
         return {"kill": int(killed)}
 
     async def killall(self, *, app: str) -> dict[str, int]:
-        """Kill every session of `app`, in batches so no script call runs long."""
+        """Kill every session of `app`, in batches so no script call runs long.
+
+        When Redis fails part way it raises IncompleteKillError, which says how many were
+        killed; calling again kills the rest.
+        """
         app = validate_app(app)
         scripts = await self._ready()
         keys = [self._layout.app_sessions(app), self._layout.app_users(app)]
@@ -483,7 +506,10 @@ class RedisSessions:
     ) -> dict[str, int]:
         """Kill every session whose data holds `field` = `value` (an indexed reference).
 
-        One script call per batch; each killed session publishes its invalidation.
+        One script call per batch; each killed session publishes its invalidation. A
+        session whose data cannot be read within the caps (written by another library)
+        is killed too: a revocation errs on the side of ending sessions. When Redis fails
+        part way it raises IncompleteKillError; calling again kills the rest.
         """
         app = validate_app(app)
         if field not in self._references:
@@ -497,7 +523,9 @@ class RedisSessions:
         scripts = await self._ready()
         keys = [self._layout.reference(app, field, raw)]
         try:
-            total = await self._run_batches(scripts, "kill_by", keys, app, field, raw)
+            total = await self._run_batches(
+                scripts, "kill_by", keys, app, field, raw, MAX_DATA_KEYS, MAX_DATA_BYTES
+            )
         finally:
             if self._cache is not None:
                 self._cache.drop_where(app, field=field, value=value)
@@ -551,10 +579,17 @@ class RedisSessions:
     async def _run_batches(
         self, scripts: Scripts, operation: str, keys: list[str], *args: Any
     ) -> int:
-        """Call a batched script (args: now, *args, batch) until it says nothing is left."""
+        """Call a batched script (args: now, *args, batch, budget) until nothing is left.
+
+        A failed batch never passes for the end: the error carries the count so far.
+        """
         total, more = 0, 1
         while more:
-            done, more = await scripts.run(operation, keys, [self._now(), *args, self._batch])
+            batch_args = [self._now(), *args, self._batch, WORK_BUDGET]
+            try:
+                done, more = await scripts.run(operation, keys, batch_args)
+            except _UNAVAILABLE as error:
+                raise IncompleteKillError(operation, total, error) from error
             total += int(done)
         return total
 
@@ -609,10 +644,22 @@ class RedisSessions:
                 f"d would be {size} bytes as JSON after the merge; at most {MAX_DATA_BYTES} "
                 "are allowed (nothing was written)"
             )
+        if message.startswith("TOO_MANY_KEYS"):
+            count = message.split()[-1]
+            return InvalidValueError(
+                f"d would have {count} keys after the merge; at most {MAX_DATA_KEYS} are "
+                "allowed (nothing was written)"
+            )
         if message.startswith("STORED_DATA_NOT_FLAT"):
             return StoredDataError(
                 "the stored d is not a flat JSON object of scalars, so it cannot be merged "
                 "without changing it (nothing was written)"
+            )
+        if message.startswith(("STORED_DATA_TOO_MANY_KEYS", "STORED_DATA_TOO_LARGE")):
+            return StoredDataError(
+                f"the stored d (written by another library) is over the caps of "
+                f"{MAX_DATA_KEYS} keys and {MAX_DATA_BYTES} bytes, so it is not merged "
+                "(nothing was written)"
             )
         return error
 

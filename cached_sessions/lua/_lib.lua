@@ -16,66 +16,84 @@ local function fill(template, app, token, id, field, value)
   end))
 end
 
--- Index of the closing quote of the JSON string that opens at `from`.
-local function string_end(text, from)
-  local at = from + 1
+-- The JSON text with every escape sequence (a backslash and the byte after it)
+-- replaced by two plain bytes: same length, same positions, and every '"' left in
+-- it is a real string delimiter. One pass in C, and none when there is no backslash,
+-- so that no text, however many escapes it holds, costs a Lua step per escape.
+local function unescaped(text)
+  if not string.find(text, '\\', 1, true) then return text, false end
+  return (string.gsub(text, '\\.', '__')), true
+end
+
+-- One member of an object in unescaped text, with a string or another scalar value:
+-- positions of the key, of the value and past the separator, and the separator.
+local STRING_MEMBER = '^()"[^"]*"()%s*:%s*()"[^"]*"()%s*([,}])%s*()'
+local SCALAR_MEMBER = '^()"[^"]*"()%s*:%s*()[%w%.%+%-]+()%s*([,}])%s*()'
+
+-- Splits a flat JSON object (scalar values only) into its members, kept as raw text:
+-- cjson would re-encode numbers with 14 significant digits and change them. Returns
+-- {keys, members (raw `"key":value` texts), found, n}, where `found` holds the raw
+-- values of the keys in `wanted` (the last one wins, as in JSON.parse), or nil and
+-- why not: NOT_FLAT, or TOO_MANY_KEYS past `max_keys` members (nil: no bound). The
+-- work is linear in the text: two pattern matches per member at most, all in C.
+local function split_object(text, max_keys, wanted)
+  local keys, members, found, n = {}, {}, {}, 0
+  local plain, escaped = unescaped(text)
+  local _, at = string.find(plain, '^%s*{%s*')
+  if not at then return nil, 'NOT_FLAT' end
+  at = at + 1
+  if string.find(plain, '^}%s*$', at) then return {keys = keys, members = members, found = found, n = 0} end
   while true do
-    local hit = string.find(text, '["\\]', at)
-    if not hit then return nil end
-    if string.sub(text, hit, hit) == '"' then return hit end
-    at = hit + 2
-  end
-end
-
--- Splits a flat JSON object (scalar values only) into decoded keys and raw texts, or
--- returns nil. Raw texts let values pass through untouched: cjson would re-encode
--- numbers with 14 significant digits and change them.
-local function split_object(text)
-  local keys, raw_keys, raw_values = {}, {}, {}
-  local at = string.find(text, '%S')
-  if not at or string.sub(text, at, at) ~= '{' then return nil end
-  at = string.find(text, '%S', at + 1)
-  if at and string.sub(text, at, at) == '}' then return keys, raw_keys, raw_values end
-  while at do
-    if string.sub(text, at, at) ~= '"' then return nil end
-    local key_end = string_end(text, at)
-    if not key_end then return nil end
-    local raw_key = string.sub(text, at, key_end)
-    at = string.find(text, '%S', key_end + 1)
-    if not at or string.sub(text, at, at) ~= ':' then return nil end
-    at = string.find(text, '%S', at + 1)
-    if not at then return nil end
-    local first, value_end = string.sub(text, at, at), nil
-    if first == '"' then
-      value_end = string_end(text, at)
-    elseif first ~= '{' and first ~= '[' then
-      local _
-      _, value_end = string.find(text, '^[^,}%s]+', at)
+    local _, _, k1, k2, v1, v2, sep, after = string.find(plain, STRING_MEMBER, at)
+    if not k1 then _, _, k1, k2, v1, v2, sep, after = string.find(plain, SCALAR_MEMBER, at) end
+    if not k1 then return nil, 'NOT_FLAT' end
+    if n == max_keys then return nil, 'TOO_MANY_KEYS' end
+    local key = string.sub(text, k1 + 1, k2 - 2)
+    if escaped and string.find(key, '\\', 1, true) then
+      local ok, decoded = pcall(cjson.decode, string.sub(text, k1, k2 - 1))
+      if not ok then return nil, 'NOT_FLAT' end
+      key = decoded
     end
-    if not value_end then return nil end
-    keys[#keys + 1] = cjson.decode(raw_key)
-    raw_keys[#raw_keys + 1] = raw_key
-    raw_values[#raw_values + 1] = string.sub(text, at, value_end)
-    at = string.find(text, '%S', value_end + 1)
-    if not at then return nil end
-    local sep = string.sub(text, at, at)
-    if sep == '}' then return keys, raw_keys, raw_values end
-    if sep ~= ',' then return nil end
-    at = string.find(text, '%S', at + 1)
+    n = n + 1
+    keys[n] = key
+    members[n] = string.sub(text, k1, v2 - 1)
+    if wanted and wanted[key] then found[key] = string.sub(text, v1, v2 - 1) end
+    if sep == '}' then
+      if after <= #plain then return nil, 'NOT_FLAT' end
+      return {keys = keys, members = members, found = found, n = n}
+    end
+    at = after
   end
-  return nil
 end
 
--- The referenced fields of a stored `d`, as {field = raw JSON value}.
-local function referenced(d)
-  local found = {}
-  if not INDEXING or not d or d == '' then return found end
-  local keys, _, raw_values = split_object(d)
-  if not keys then return found end
-  for i, key in ipairs(keys) do
-    if L.references[key] then found[key] = raw_values[i] end
+-- The reference values a session is indexed under live in its hash field `refs`, a
+-- JSON array: the SHA-1 of the `d` they were read from, then field and raw value
+-- pairs. Reading them parses nothing of `d`. A writer that knows nothing of the index
+-- (Node's redis-sessions) rewrites `d` and leaves `refs`: then `refs` still names the
+-- sets the token is in (what a removal must undo), and the fingerprint no longer
+-- matches `d` (so a check of the current value parses `d` instead).
+local function read_refs(key)
+  local raw = redis.call('HGET', key, 'refs')
+  local values = {}
+  if not raw then return nil, values end
+  local ok, list = pcall(cjson.decode, raw)
+  if not ok or type(list) ~= 'table' then return nil, values end
+  for i = 2, #list - 1, 2 do values[list[i]] = list[i + 1] end
+  return list[1], values
+end
+
+local function write_refs(key, d, values)
+  local list = {''}
+  for field, raw in pairs(values) do
+    list[#list + 1] = field
+    list[#list + 1] = raw
   end
-  return found
+  if #list == 1 then
+    redis.call('HDEL', key, 'refs')
+    return
+  end
+  list[1] = redis.sha1hex(d)
+  redis.call('HSET', key, 'refs', cjson.encode(list))
 end
 
 -- Moves `token` between the reference sets of its old and new field values.
@@ -97,16 +115,22 @@ end
 
 -- The session stored at `key`, or nil when it is absent or expired (logically gone,
 -- whatever is still in Redis). `s.ttl` is the stored ttl; `s.left` is what a caller sees.
-local function read_session(key, now)
-  local f = redis.call('HMGET', key, 'id', 'r', 'w', 'ttl', 'd', 'la', 'ip', 'no_resave')
+-- `without_data` leaves `d` in Redis (s.d is nil): removals need only the state, and
+-- copying up to the data cap into Lua for nothing would cost them as much as a read.
+local SESSION_FIELDS = {'id', 'r', 'w', 'ttl', 'la', 'ip', 'no_resave', 'd'}
+local STATE_FIELDS = {'id', 'r', 'w', 'ttl', 'la', 'ip', 'no_resave'}
+
+local function read_session(key, now, without_data)
+  local f = redis.call('HMGET', key, unpack(without_data and STATE_FIELDS or SESSION_FIELDS))
   if not f[1] then return nil end
-  local ttl, la = tonumber(f[4]), tonumber(f[6])
+  local ttl, la = tonumber(f[4]), tonumber(f[5])
   if not ttl or not la then return nil end
   local idle = now - la
   if idle > ttl then return nil end
   local s = {
     key = key, id = f[1], r = tonumber(f[2]) or 0, w = tonumber(f[3]) or 0, ttl = ttl,
-    la = la, idle = idle, ip = f[7] or '', d = f[5] or '', no_resave = f[8] == '1',
+    la = la, idle = idle, ip = f[6] or '', no_resave = f[7] == '1',
+    d = not without_data and (f[8] or '') or nil,
   }
   s.left = s.no_resave and (ttl - idle) or ttl
   return s
@@ -135,10 +159,14 @@ local function touch(app, token, s, now, field, value)
   redis.call('ZADD', L.expiry_index, now + s.left, fill(L.global_member, app, token, s.id))
 end
 
--- Removes one session from every structure and tells every cache to drop it.
+-- Removes one session from every structure and tells every cache to drop it. Its cost
+-- does not depend on the size of `d`, which it never reads.
 local function remove_session(app, token, id)
   local key = fill(L.session, app, token, id)
-  if INDEXING then reindex(app, token, referenced(redis.call('HGET', key, 'd')), {}) end
+  if INDEXING then
+    local _, indexed = read_refs(key)
+    reindex(app, token, indexed, {})
+  end
   redis.call('DEL', key)
   redis.call('ZREM', fill(L.app_sessions, app), fill(L.app_member, app, token, id))
   redis.call('ZREM', L.expiry_index, fill(L.global_member, app, token, id))
@@ -148,4 +176,15 @@ local function remove_session(app, token, id)
     redis.call('ZREM', fill(L.app_users, app), id)
   end
   redis.call('PUBLISH', L.channel, fill(L.message, app, token, id))
+end
+
+-- Batched operations (kill_by, killall, wipe) stop once they have spent a work budget
+-- (an ARGV), counted in bytes of `d` read: one removal counts as SESSION_WORK, one
+-- parse of `d` as PARSE_WORK more than its bytes. Measured on Valkey 9 (see
+-- store.py), a budget of 1 MiB keeps a call within a few milliseconds.
+local SESSION_WORK = 8192
+local PARSE_WORK = 262144
+
+local function batch_size(batch, budget)
+  return math.max(1, math.min(batch, math.floor(budget / SESSION_WORK)))
 end

@@ -10,5 +10,12 @@ redis.call('ZADD', KEYS[2], now, fill(L.app_member, app, token, id))
 redis.call('ZADD', KEYS[3], now, id)
 redis.call('SADD', KEYS[4], token)
 redis.call('ZADD', KEYS[5], now + ttl, fill(L.global_member, app, token, id))
-reindex(app, token, {}, referenced(d))
+if INDEXING and d ~= '' then
+  -- The caller checked d against the caps: one parse, bounded by them.
+  local parsed = split_object(d, nil, L.references)
+  if parsed then
+    reindex(app, token, {}, parsed.found)
+    write_refs(KEYS[1], d, parsed.found)
+  end
+end
 return 1

@@ -4,6 +4,6 @@
 local now, app, token = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then return 0 end
-local live = read_session(KEYS[1], now) and 1 or 0
+local live = read_session(KEYS[1], now, true) and 1 or 0
 remove_session(app, token, id)
 return live

@@ -1,47 +1,57 @@
 -- KEYS: session
--- ARGV: now, app, token, max_bytes, then per changed key: key, key JSON, value JSON
---       ('' removes the key)
+-- ARGV: now, app, token, max_bytes, max_keys, then per changed key: key, key JSON,
+--       value JSON ('' removes the key)
 -- Reads, merges and writes in one step, so concurrent sets of different keys all survive.
--- `d` is merged as text (split_object): values are spliced in as the JSON the caller
--- encoded.
+-- `d` is merged as text: the stored members pass through as they are, the changed ones
+-- are spliced in as the JSON the caller encoded. The stored `d` is parsed once, and
+-- never beyond the caps: nothing is written when it or the result is over them.
 local now, app, token = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
-local max_bytes = tonumber(ARGV[ARG + 4])
+local max_bytes, max_keys = tonumber(ARGV[ARG + 4]), tonumber(ARGV[ARG + 5])
+local FIRST = ARG + 6
 
 local s = read_session(KEYS[1], now)
 if not s then return false end
 
-local keys, raw_keys, raw_values = {}, {}, {}
+-- The changes, by key: the index of their triple in ARGV.
+local patch = {}
+for i = FIRST, #ARGV, 3 do patch[ARGV[i]] = i end
+
+local stored = {keys = {}, members = {}, found = {}, n = 0}
 if s.d ~= '' then
-  keys, raw_keys, raw_values = split_object(s.d)
-  if not keys then return redis.error_reply('STORED_DATA_NOT_FLAT') end
+  if #s.d > max_bytes then return redis.error_reply('STORED_DATA_TOO_LARGE ' .. #s.d) end
+  local why
+  stored, why = split_object(s.d, max_keys, INDEXING and L.references or nil)
+  if not stored then return redis.error_reply('STORED_DATA_' .. why) end
 end
-local position = {}
-for i, key in ipairs(keys) do
-  -- A repeated key: the last one wins, as in JSON.parse; drop the earlier text.
-  if position[key] then raw_values[position[key]] = '' end
-  position[key] = i
-end
-for i = ARG + 5, #ARGV, 3 do
-  local key, raw_key, raw_value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local at = position[key]
-  if at then
-    raw_values[at] = raw_value
-  elseif raw_value ~= '' then
-    keys[#keys + 1] = key
-    raw_keys[#raw_keys + 1] = raw_key
-    raw_values[#raw_values + 1] = raw_value
-    position[key] = #keys
+
+-- A repeated key: the last one wins, as in JSON.parse. A changed key keeps its place.
+local last = {}
+for i = 1, stored.n do last[stored.keys[i]] = i end
+local parts, count = {}, 0
+for i = 1, stored.n do
+  local key = stored.keys[i]
+  if last[key] == i then
+    local at = patch[key]
+    if not at then
+      count = count + 1
+      parts[count] = stored.members[i]
+    elseif ARGV[at + 2] ~= '' then
+      count = count + 1
+      parts[count] = ARGV[at + 1] .. ':' .. ARGV[at + 2]
+    end
   end
 end
-local parts = {}
-for i = 1, #keys do
-  if raw_values[i] ~= '' then parts[#parts + 1] = raw_keys[i] .. ':' .. raw_values[i] end
+for i = FIRST, #ARGV, 3 do
+  if not last[ARGV[i]] and ARGV[i + 2] ~= '' then
+    count = count + 1
+    parts[count] = ARGV[i + 1] .. ':' .. ARGV[i + 2]
+  end
 end
+if count > max_keys then return redis.error_reply('TOO_MANY_KEYS ' .. count) end
 local merged = ''
-if #parts > 0 then merged = '{' .. table.concat(parts, ',') .. '}' end
+if count > 0 then merged = '{' .. table.concat(parts, ',') .. '}' end
 if #merged > max_bytes then return redis.error_reply('DATA_TOO_LARGE ' .. #merged) end
 
-local old_references = referenced(s.d)
 s.w = redis.call('HINCRBY', KEYS[1], 'w', 1)
 if merged == '' then
   redis.call('HDEL', KEYS[1], 'd')
@@ -49,7 +59,21 @@ else
   redis.call('HSET', KEYS[1], 'd', merged)
 end
 s.d = merged
-reindex(app, token, old_references, referenced(merged))
+if INDEXING then
+  -- The new values come from the stored members and the changes: no second parse.
+  local values = {}
+  for field in pairs(L.references) do
+    local at = patch[field]
+    if not at then
+      values[field] = stored.found[field]
+    elseif ARGV[at + 2] ~= '' then
+      values[field] = ARGV[at + 2]
+    end
+  end
+  local _, indexed = read_refs(KEYS[1])
+  reindex(app, token, indexed, values)
+  write_refs(KEYS[1], merged, values)
+end
 touch(app, token, s, now)
 redis.call('PUBLISH', L.channel, fill(L.message, app, token, s.id))
 return reply(s)

@@ -1,9 +1,11 @@
 -- KEYS: expiry_index
--- ARGV: now, batch
--- Removes up to `batch` sessions whose indexed expiry is before `now`; returns
+-- ARGV: now, batch, budget
+-- Removes up to `batch` sessions whose indexed expiry is before `now`, fewer when the
+-- work budget says so (a removal costs the same whatever `d` holds); returns
 -- {sessions removed, more left (0|1)}. The session hash is the truth: an entry whose
 -- session is still alive (its index score was stale) is re-scored, not removed.
-local now, batch = tonumber(ARGV[ARG + 1]), tonumber(ARGV[ARG + 2])
+local now = tonumber(ARGV[ARG + 1])
+local batch = batch_size(tonumber(ARGV[ARG + 2]), tonumber(ARGV[ARG + 3]))
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, batch)
 local removed = 0
 for _, member in ipairs(members) do
@@ -13,7 +15,7 @@ for _, member in ipairs(members) do
   if not token then
     redis.call('ZREM', KEYS[1], member)
   else
-    local s = read_session(fill(L.session, app, token, id), now)
+    local s = read_session(fill(L.session, app, token, id), now, true)
     if not s then
       remove_session(app, token, id)
       removed = removed + 1

@@ -131,7 +131,9 @@ class Scripts:
     ) -> None:
         """Add one call to a pipeline as a bare EVALSHA (no per-batch SCRIPT EXISTS)."""
         sha = self._scripts[operation].sha
-        pipe.evalsha(sha, len(keys), *keys, *args)
+        # The generic form: redis-py's cluster pipeline blocks its `evalsha` method,
+        # though it routes an EVALSHA by its keys like any keyed command.
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
     def pipeline(self) -> Pipeline | ClusterPipeline:
         return self._client.pipeline(transaction=False)

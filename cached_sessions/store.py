@@ -478,9 +478,13 @@ class RedisSessions:
         """
         app = validate_app(app)
         scripts = await self._ready()
-        keys = [self._layout.app_sessions(app), self._layout.app_users(app)]
+        layout = self._layout
+
+        def keys(bucket: int) -> list[str]:
+            return [layout.app_sessions(app, bucket), layout.app_users(app, bucket)]
+
         try:
-            total = await self._run_batches(scripts, "killall", keys, app)
+            total = await self._run_batches(scripts, "killall", keys, app, kills=True)
         finally:
             if self._cache is not None:
                 self._cache.drop_where(app)
@@ -521,11 +525,14 @@ class RedisSessions:
         validate_data_item(field, value)
         raw = dump_value(value)
         scripts = await self._ready()
-        keys = [self._layout.reference(app, field, raw)]
+        layout = self._layout
+
+        def keys(bucket: int) -> list[str]:
+            return [layout.reference(app, field, raw, bucket)]
+
         try:
-            total = await self._run_batches(
-                scripts, "kill_by", keys, app, field, raw, MAX_DATA_KEYS, MAX_DATA_BYTES
-            )
+            args = (app, field, raw, MAX_DATA_KEYS, MAX_DATA_BYTES)
+            total = await self._run_batches(scripts, "kill_by", keys, *args, kills=True)
         finally:
             if self._cache is not None:
                 self._cache.drop_where(app, field=field, value=value)
@@ -574,24 +581,71 @@ class RedisSessions:
     async def wipe(self) -> int:
         """Remove the sessions that expired; returns how many. Batched like killall."""
         scripts = await self._ready()
-        return await self._run_batches(scripts, "wipe", [self._layout.expiry_index()])
+        layout = self._layout
+
+        def keys(bucket: int) -> list[str]:
+            return [layout.expiry_index(bucket)]
+
+        return await self._run_batches(scripts, "wipe", keys, kills=False)
 
     async def _run_batches(
-        self, scripts: Scripts, operation: str, keys: list[str], *args: Any
+        self,
+        scripts: Scripts,
+        operation: str,
+        keys: Callable[[int], list[str]],
+        *args: Any,
+        kills: bool,
     ) -> int:
-        """Call a batched script (args: now, *args, batch, budget) until nothing is left.
+        """Call a batched script (args: now, *args, batch, budget) on every bucket until
+        each says nothing is left. The buckets of a round go out together (on a cluster,
+        one pipeline per node, the nodes at once), and the counts add up exactly.
 
         A failed batch never passes for the end: the error carries the count so far.
         """
-        total, more = 0, 1
-        while more:
+        pending, total = list(range(self._layout.buckets)), 0
+        while pending:
             batch_args = [self._now(), *args, self._batch, WORK_BUDGET]
-            try:
-                done, more = await scripts.run(operation, keys, batch_args)
-            except _UNAVAILABLE as error:
-                raise IncompleteKillError(operation, total, error) from error
-            total += int(done)
+            calls = [(keys(bucket), batch_args) for bucket in pending]
+            results = await self._batch_round(scripts, operation, pending, calls, kills)
+            failure, left = None, []
+            for bucket, result in zip(pending, results, strict=True):
+                if isinstance(result, Exception):
+                    failure = failure or result
+                    continue
+                done, more = result
+                total += int(done)
+                if int(more):
+                    left.append(bucket)
+            if isinstance(failure, _UNAVAILABLE):
+                raise IncompleteKillError(operation, total, failure) from failure
+            if failure is not None:
+                raise failure
+            pending = left
         return total
+
+    async def _batch_round(
+        self,
+        scripts: Scripts,
+        operation: str,
+        buckets: list[int],
+        calls: list[tuple[list[str], list[Any]]],
+        kills: bool,
+    ) -> list[Any]:
+        """One batch per bucket; each result, or the exception of its bucket."""
+        if kills and self._durability is not None:
+            return await asyncio.gather(
+                *(
+                    self._kill_call(scripts, bucket, operation, *call)
+                    for bucket, call in zip(buckets, calls, strict=True)
+                ),
+                return_exceptions=True,
+            )
+        if len(calls) > 1:
+            return await scripts.run_many(operation, calls)
+        try:
+            return [await scripts.run(operation, *calls[0])]
+        except Exception as error:
+            return [error]
 
     def cache_stats(self) -> dict[str, Any]:
         """Counters of the local cache (all zero-cost to read); `enabled` False without one."""

@@ -5,9 +5,13 @@
 -- because Redis does not roll back a script that fails halfway.
 local INDEXING = next(L.references) ~= nil
 local ARG = 0
+-- The hash tag of the first key (cluster layout; '' otherwise): every key a script
+-- builds carries it, so it lives in the slot of the keys the call declared.
+local TAG = string.match(KEYS[1] or '', '{([^}]*)}') or ''
 
 local function fill(template, app, token, id, field, value)
   return (string.gsub(template, '<(%a+)>', function(name)
+    if name == 'tag' then return TAG end
     if name == 'app' then return app end
     if name == 'token' then return token end
     if name == 'id' then return id end
@@ -140,6 +144,11 @@ local function reply(s)
   return {s.id, s.r, s.w, s.left, s.idle, s.ip, s.d ~= '' and s.d or false, s.no_resave and 1 or 0}
 end
 
+-- Tells every cache to drop the session: PUBLISH, or SPUBLISH on a cluster's bucket.
+local function publish(app, token)
+  redis.call(L.publish, fill(L.channel), fill(L.message, app, token))
+end
+
 -- Records an access at `now`. A no_resave session keeps its expiry: its stored ttl
 -- shrinks by the time since the last access, as redis-sessions does. `field` and
 -- `value`, when given, go into the same HSET (one command less per read).
@@ -156,7 +165,7 @@ local function touch(app, token, s, now, field, value)
   redis.call('HSET', s.key, unpack(fields))
   redis.call('ZADD', fill(L.app_sessions, app), now, fill(L.app_member, app, token, s.id))
   redis.call('ZADD', fill(L.app_users, app), now, s.id)
-  redis.call('ZADD', L.expiry_index, now + s.left, fill(L.global_member, app, token, s.id))
+  redis.call('ZADD', fill(L.expiry_index), now + s.left, fill(L.global_member, app, token, s.id))
 end
 
 -- Removes one session from every structure and tells every cache to drop it. Its cost
@@ -169,13 +178,13 @@ local function remove_session(app, token, id)
   end
   redis.call('DEL', key)
   redis.call('ZREM', fill(L.app_sessions, app), fill(L.app_member, app, token, id))
-  redis.call('ZREM', L.expiry_index, fill(L.global_member, app, token, id))
+  redis.call('ZREM', fill(L.expiry_index), fill(L.global_member, app, token, id))
   local tokens = fill(L.user_tokens, app, token, id)
   redis.call('SREM', tokens, token)
   if redis.call('SCARD', tokens) == 0 then
     redis.call('ZREM', fill(L.app_users, app), id)
   end
-  redis.call('PUBLISH', L.channel, fill(L.message, app, token, id))
+  publish(app, token)
 end
 
 -- Batched operations (kill_by, killall, wipe) stop once they have spent a work budget

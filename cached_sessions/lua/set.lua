@@ -75,5 +75,5 @@ if INDEXING then
   write_refs(KEYS[1], merged, values)
 end
 touch(app, token, s, now)
-redis.call('PUBLISH', L.channel, fill(L.message, app, token, s.id))
+publish(app, token)
 return reply(s)

@@ -494,6 +494,20 @@ class LocalCluster:
         wait_until(self.health_problem, f"a replica of {old_port} takes over", timeout)
         return self.node_for_slot(self.slots_at_kill[old_port][0][0])
 
+    def manual_failover(self, replica_port: int, timeout: float = 30.0) -> None:
+        """Promote a live replica with CLUSTER FAILOVER, the graceful handover (its primary
+        stops taking writes until the replica has them all, then steps down to replica).
+        Returns once the replica owns the slots and the cluster is healthy."""
+        replica = self.nodes[replica_port]
+        replica.command("CLUSTER", "FAILOVER")
+
+        def promoted() -> str | None:
+            if not own_entry(replica).is_primary:
+                return f"{replica_port} is not a primary yet"
+            return self.health_problem()
+
+        wait_until(promoted, f"{replica_port} takes over by CLUSTER FAILOVER", timeout)
+
     def restart_node(self, port: int, timeout: float = 30.0) -> None:
         """Start a killed node again, with its identity, and return once it is back.
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from cached_sessions import RedisSessions
-from tests.conftest import ManualClock
-from tests.servers import ServerProcess
+from tests.conftest import Deployment, ManualClock
 
 APP = "shop"
 IP = "10.0.0.1"
@@ -23,14 +23,14 @@ Store = Callable[..., Awaitable[RedisSessions]]
 
 
 @pytest.fixture
-async def store(server: ServerProcess, namespace: str) -> AsyncIterator[Store]:
+async def store(deployment: Deployment, namespace: str) -> AsyncIterator[Store]:
     """Makes started stores with the cache on; closes them after the test."""
     made: list[RedisSessions] = []
 
     async def make(**options: Any) -> RedisSessions:
         settings: dict[str, Any] = {"cachetime": 30, "wipe": 0, "ping_interval": 0.2}
         settings.update(options)
-        rs = RedisSessions(url=server.url, namespace=namespace, **settings)
+        rs = RedisSessions(url=deployment.url, namespace=namespace, **settings)
         made.append(rs)
         await rs.start()
         assert rs.cache_stats().get("subscribed", True)
@@ -45,10 +45,21 @@ async def new(rs: RedisSessions, id: str = "u1", **options: Any) -> str:
     return (await rs.create(app=APP, id=id, ip=IP, **options))["token"]
 
 
+async def on_every_node(redis: Redis, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+    """A command's answer from every server: one, or every node of a cluster."""
+    if isinstance(redis, RedisCluster):
+        kwargs["target_nodes"] = RedisCluster.ALL_NODES
+        answers = await getattr(redis, method)(*args, **kwargs)
+        return list(answers.values()) if isinstance(answers, dict) else [answers]
+    return [await getattr(redis, method)(*args, **kwargs)]
+
+
 async def script_calls(redis: Redis) -> int:
-    stats = await redis.info("commandstats")
     return sum(
-        int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
+        int(v["calls"])
+        for stats in await on_every_node(redis, "info", "commandstats")
+        for k, v in stats.items()
+        if k in ("cmdstat_evalsha", "cmdstat_eval")
     )
 
 
@@ -87,7 +98,7 @@ async def test_a_hit_returns_a_copy(store: Store) -> None:
 
 
 async def test_cached_answers_without_io_only_what_get_would_serve_from_the_cache(
-    store: Store, server: ServerProcess, namespace: str
+    store: Store, deployment: Deployment, namespace: str
 ) -> None:
     rs = await store()
     writer = await store()
@@ -102,7 +113,7 @@ async def test_cached_answers_without_io_only_what_get_would_serve_from_the_cach
     assert rs.cached(app="other", token=token) is None  # another app's token is not ours
     await writer.set(app=APP, token=token, d={"cart": 2})
     await until(lambda: rs.cached(app=APP, token=token) is None)
-    async with RedisSessions(url=server.url, namespace=namespace, wipe=0) as uncached:
+    async with RedisSessions(url=deployment.url, namespace=namespace, wipe=0) as uncached:
         await uncached.get(app=APP, token=token)
         assert uncached.cached(app=APP, token=token) is None  # no cache, never a hit
 
@@ -184,18 +195,19 @@ async def test_hits_are_written_back_as_activity(
         await rs.get(app=APP, token=token)
     assert rs.cache_stats()["hits"] == 10
     assert await rs.flush_touches() == 1
-    key = f"{namespace}:{APP}:{token}"
+    layout, bucket = rs.layout, rs.layout.bucket_of_id("u:1")
+    key = layout.session(APP, token)
     now = int(wall.now)
     assert await redis.hget(key, "r") == "12"  # create, the fill, ten hits
     assert await redis.hget(key, "la") == str(now)
-    assert await redis.zscore(f"{namespace}:SESSIONS", f"{APP}:{token}:u:1") == now + 60
-    assert await redis.zscore(f"{namespace}:{APP}:_sessions", f"{token}:u:1") == now
-    assert await redis.zscore(f"{namespace}:{APP}:_users", "u:1") == now
+    assert await redis.zscore(layout.expiry_index(bucket), f"{APP}:{token}:u:1") == now + 60
+    assert await redis.zscore(layout.app_sessions(APP, bucket), f"{token}:u:1") == now
+    assert await redis.zscore(layout.app_users(APP, bucket), "u:1") == now
     assert rs.cache_stats()["touches_flushed"] == 1
 
 
 async def test_a_session_used_only_through_the_cache_stays_alive(
-    store: Store, server: ServerProcess, namespace: str
+    store: Store, deployment: Deployment, namespace: str
 ) -> None:
     wall = ManualClock()
     timer = ManualClock(1000.0)
@@ -208,7 +220,7 @@ async def test_a_session_used_only_through_the_cache_stays_alive(
         assert await rs.get(app=APP, token=token) is not None
         await rs.flush_touches()
     assert rs.cache_stats()["hits"] > 20
-    async with RedisSessions(url=server.url, namespace=namespace, wipe=0, clock=wall) as other:
+    async with RedisSessions(url=deployment.url, namespace=namespace, wipe=0, clock=wall) as other:
         assert await other.wipe() == 0
         assert await other.get(app=APP, token=token) is not None
 
@@ -355,9 +367,9 @@ async def test_a_fill_overtaken_by_a_flush_is_not_kept(store: Store) -> None:
 
 
 async def test_close_cancels_and_awaits_the_fetches_in_flight(
-    server: ServerProcess, namespace: str
+    deployment: Deployment, namespace: str
 ) -> None:
-    rs = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=30)
+    rs = RedisSessions(url=deployment.url, namespace=namespace, wipe=0, cachetime=30)
     await rs.start()
     token = await new(rs)
     gate = GatedFetch(rs)  # never released: the fetch would wait forever
@@ -383,7 +395,7 @@ async def test_concurrent_misses_share_one_redis_call(store: Store, redis: Redis
     stats = rs.cache_stats()
     assert (stats["misses"], stats["coalesced"]) == (1, 49)
     await rs.flush_touches()
-    assert await redis.hget(f"{rs.layout.namespace}:{APP}:{token}", "r") == "51"
+    assert await redis.hget(rs.layout.session(APP, token), "r") == "51"
 
 
 # Losing the subscription
@@ -394,7 +406,7 @@ async def test_losing_the_subscription_flushes_and_bypasses(store: Store, redis:
     token = await new(rs)
     await rs.get(app=APP, token=token)
     assert rs.is_cached(token)
-    await redis.client_kill_filter(_type="pubsub")
+    await on_every_node(redis, "client_kill_filter", _type="pubsub")
     await until(lambda: not rs.cache_stats()["subscribed"] or rs.cache_stats()["flushes"] > 0)
     assert not rs.is_cached(token)
     assert rs.cache_stats()["flush_reasons"].get("connection_error") == 1
@@ -423,15 +435,19 @@ async def test_a_malformed_message_flushes(store: Store, redis: Redis, namespace
     rs = await store()
     token = await new(rs)
     await rs.get(app=APP, token=token)
-    await redis.publish(f"{namespace}:cache", "no-separator")
+    layout = rs.layout
+    if layout.cluster:
+        await redis.spublish(layout.channel(layout.bucket_of_token(token)), "no-separator")
+    else:
+        await redis.publish(layout.channel(), "no-separator")
     await until(lambda: not rs.is_cached(token))
     assert rs.cache_stats()["flush_reasons"] == {"malformed_message": 1}
 
 
 async def test_close_writes_pending_touches_and_stops_every_task(
-    server: ServerProcess, redis: Redis, namespace: str
+    deployment: Deployment, redis: Redis, namespace: str
 ) -> None:
-    rs = RedisSessions(url=server.url, namespace=namespace, wipe=10, cachetime=30)
+    rs = RedisSessions(url=deployment.url, namespace=namespace, wipe=10, cachetime=30)
     await rs.start()
     token = await new(rs)
     for _ in range(5):
@@ -444,9 +460,10 @@ async def test_close_writes_pending_touches_and_stops_every_task(
     ]
     await rs.aclose()
     assert all(t.done() for t in tasks)
-    assert await redis.hget(f"{namespace}:{APP}:{token}", "r") == "6"
-    clients = await redis.client_list(_type="pubsub")
-    assert clients == []
+    assert await redis.hget(rs.layout.session(APP, token), "r") == "6"
+    assert all(
+        clients == [] for clients in await on_every_node(redis, "client_list", _type="pubsub")
+    )
     await rs.aclose()
 
 

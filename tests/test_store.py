@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from cached_sessions import InvalidValueError, RedisSessions, SessionsClosedError, StoredDataError
 from cached_sessions import keys as keys_module
 from cached_sessions.model import MAX_DATA_DEPTH, nesting_depth
-from tests.conftest import ManualClock
+from tests.conftest import Deployment, ManualClock
 from tests.servers import ServerProcess
 
 APP = "shop"
@@ -31,6 +31,17 @@ async def keys_of(redis: Redis, namespace: str) -> list[str]:
     return sorted(await redis.keys(f"{namespace}:*"))
 
 
+class Indexes:
+    """The names of the index keys that hold one user's sessions, in any layout."""
+
+    def __init__(self, rs: RedisSessions, id: str) -> None:
+        layout, bucket = rs.layout, rs.layout.bucket_of_id(id)
+        self.sessions = layout.app_sessions(APP, bucket)
+        self.users = layout.app_users(APP, bucket)
+        self.tokens = layout.user_tokens(APP, id)
+        self.expiry = layout.expiry_index(bucket)
+
+
 # The data model
 
 
@@ -39,15 +50,14 @@ async def test_create_writes_the_redis_sessions_layout(
 ) -> None:
     token = await new(rs, "u:1", ttl=100, d={"a": 1, "gone": None})
     now = int(clock.now)
-    assert await redis.hgetall(f"{namespace}:{APP}:{token}") == {
+    assert await redis.hgetall(rs.layout.session(APP, token)) == {
         "id": "u:1", "r": "1", "w": "1", "ip": IP, "la": str(now), "ttl": "100", "d": '{"a":1}',
     }  # fmt: skip
-    assert await redis.zrange(f"{namespace}:{APP}:_sessions", 0, -1, withscores=True) == [
-        (f"{token}:u:1", now)
-    ]
-    assert await redis.zrange(f"{namespace}:{APP}:_users", 0, -1, withscores=True) == [("u:1", now)]
-    assert await redis.smembers(f"{namespace}:{APP}:us:u:1") == {token}
-    assert await redis.zrange(f"{namespace}:SESSIONS", 0, -1, withscores=True) == [
+    index = Indexes(rs, "u:1")
+    assert await redis.zrange(index.sessions, 0, -1, withscores=True) == [(f"{token}:u:1", now)]
+    assert await redis.zrange(index.users, 0, -1, withscores=True) == [("u:1", now)]
+    assert await redis.smembers(index.tokens) == {token}
+    assert await redis.zrange(index.expiry, 0, -1, withscores=True) == [
         (f"{APP}:{token}:u:1", now + 100)
     ]
 
@@ -56,8 +66,8 @@ async def test_no_resave_is_stored_as_a_flag(
     rs: RedisSessions, redis: Redis, namespace: str
 ) -> None:
     token = await new(rs, no_resave=True)
-    assert await redis.hget(f"{namespace}:{APP}:{token}", "no_resave") == "1"
-    assert await redis.hget(f"{namespace}:{APP}:{token}", "d") is None
+    assert await redis.hget(rs.layout.session(APP, token), "no_resave") == "1"
+    assert await redis.hget(rs.layout.session(APP, token), "d") is None
 
 
 async def test_session_dict_has_exactly_the_documented_keys(rs: RedisSessions) -> None:
@@ -75,11 +85,12 @@ async def test_create_refuses_to_overwrite_an_existing_token(
 ) -> None:
     drawn = iter(["A" * 64, "A" * 64, "B" * 64])
     monkeypatch.setattr(keys_module, "new_token", lambda: next(drawn))
-    first = await new(rs, "first")
-    second = await new(rs, "second")
-    assert (first, second) == ("A" * 64, "B" * 64)
+    first = await new(rs, "u", d={"n": 1})
+    second = await new(rs, "u", d={"n": 2})
+    # A cluster token starts with its bucket; the rest is what was drawn.
+    assert first.endswith("A" * 62) and second.endswith("B" * 62)
     session = await rs.get(app=APP, token=first)
-    assert session is not None and session["id"] == "first"
+    assert session is not None and session["d"] == {"n": 1}
 
 
 # get
@@ -93,7 +104,7 @@ async def test_get_returns_reads_before_this_one_and_counts(
     second = await rs.get(app=APP, token=token)
     assert first is not None and second is not None
     assert (first["r"], second["r"]) == (1, 2)
-    assert await redis.hget(f"{namespace}:{APP}:{token}", "r") == "3"
+    assert await redis.hget(rs.layout.session(APP, token), "r") == "3"
 
 
 async def test_get_is_activity_and_slides_the_expiry(
@@ -104,10 +115,11 @@ async def test_get_is_activity_and_slides_the_expiry(
     session = await rs.get(app=APP, token=token)
     assert session is not None and session["idle"] == 60
     now = int(clock.now)
-    assert await redis.hget(f"{namespace}:{APP}:{token}", "la") == str(now)
-    assert await redis.zscore(f"{namespace}:SESSIONS", f"{APP}:{token}:u1") == now + 100
-    assert await redis.zscore(f"{namespace}:{APP}:_sessions", f"{token}:u1") == now
-    assert await redis.zscore(f"{namespace}:{APP}:_users", "u1") == now
+    assert await redis.hget(rs.layout.session(APP, token), "la") == str(now)
+    index = Indexes(rs, "u1")
+    assert await redis.zscore(index.expiry, f"{APP}:{token}:u1") == now + 100
+    assert await redis.zscore(index.sessions, f"{token}:u1") == now
+    assert await redis.zscore(index.users, "u1") == now
     clock.advance(100)  # idle == ttl: still alive
     assert await rs.get(app=APP, token=token) is not None
     clock.advance(101)
@@ -137,7 +149,7 @@ async def test_set_merges_and_removes_keys(rs: RedisSessions, redis: Redis, name
     assert updated["w"] == 2
     emptied = await rs.set(app=APP, token=token, d={"a": None, "c": None, "never": None})
     assert emptied is not None and "d" not in emptied and emptied["w"] == 3
-    assert await redis.hexists(f"{namespace}:{APP}:{token}", "d") == 0
+    assert await redis.hexists(rs.layout.session(APP, token), "d") == 0
     again = await rs.get(app=APP, token=token)
     assert again is not None and "d" not in again and again["w"] == 3
 
@@ -167,7 +179,7 @@ async def test_set_merges_data_written_by_another_writer(
 ) -> None:
     token = await new(rs, d={"x": 1})
     raw = ' { "a" : 1 ,\n "b":"x\\"y,}" , "\\u00e9":null, "a": 2 } '
-    await redis.hset(f"{namespace}:{APP}:{token}", "d", raw)
+    await redis.hset(rs.layout.session(APP, token), "d", raw)
     updated = await rs.set(app=APP, token=token, d={"c": 3})
     assert updated is not None
     assert updated["d"] == {"a": 2, "b": 'x"y,}', "é": None, "c": 3}
@@ -179,7 +191,7 @@ async def test_set_refuses_stored_data_it_cannot_merge_exactly(
     rs: RedisSessions, redis: Redis, namespace: str
 ) -> None:
     token = await new(rs)
-    key = f"{namespace}:{APP}:{token}"
+    key = rs.layout.session(APP, token)
     await redis.hset(key, "d", '{"nested":{"a":1}}')
     before = await redis.hgetall(key)
     with pytest.raises(StoredDataError, match="nothing was written"):
@@ -199,7 +211,7 @@ async def test_a_read_refuses_data_nested_beyond_the_bound(
     # Written by another client; a hostile depth must give a clear error, not a
     # RecursionError from the JSON parser nor a slow walk on every read.
     token = await new(rs)
-    await redis.hset(f"{namespace}:{APP}:{token}", "d", _nested(levels))
+    await redis.hset(rs.layout.session(APP, token), "d", _nested(levels))
     with pytest.raises(StoredDataError, match="nested"):
         await rs.get(app=APP, token=token)
 
@@ -208,7 +220,7 @@ async def test_a_read_takes_data_nested_up_to_the_bound(
     rs: RedisSessions, redis: Redis, namespace: str
 ) -> None:
     token = await new(rs)
-    await redis.hset(f"{namespace}:{APP}:{token}", "d", _nested(MAX_DATA_DEPTH))
+    await redis.hset(rs.layout.session(APP, token), "d", _nested(MAX_DATA_DEPTH))
     session = await rs.get(app=APP, token=token)
     assert session is not None and nesting_depth(session["d"]) == MAX_DATA_DEPTH
 
@@ -217,7 +229,7 @@ async def test_set_refuses_a_merge_that_grows_too_large(
     rs: RedisSessions, redis: Redis, namespace: str
 ) -> None:
     token = await new(rs, d={"first": "x" * 40_000})
-    key = f"{namespace}:{APP}:{token}"
+    key = rs.layout.session(APP, token)
     before = await redis.hgetall(key)
     with pytest.raises(InvalidValueError, match="after the merge"):
         await rs.set(app=APP, token=token, d={"second": "y" * 40_000})
@@ -297,9 +309,9 @@ async def test_kill_removes_the_session_from_every_structure(
     first = await new(rs, "u:1")
     second = await new(rs, "u:1")
     assert await rs.kill(app=APP, token=first) == {"kill": 1}
-    assert not await redis.exists(f"{namespace}:{APP}:{first}")
-    assert await redis.smembers(f"{namespace}:{APP}:us:u:1") == {second}
-    assert await redis.zscore(f"{namespace}:{APP}:_users", "u:1") is not None
+    assert not await redis.exists(rs.layout.session(APP, first))
+    assert await redis.smembers(Indexes(rs, "u:1").tokens) == {second}
+    assert await redis.zscore(Indexes(rs, "u:1").users, "u:1") is not None
     assert await rs.kill(app=APP, token=second) == {"kill": 1}
     # Nothing is left, and nothing was refreshed or re-added by the kill.
     assert await keys_of(redis, namespace) == []
@@ -326,8 +338,8 @@ async def test_killsoid_counts_the_live_sessions_it_deleted(
     assert await rs.killsoid(app=APP, id="org:7:user") == {"kill": 3}
     for token in mine:
         assert await rs.get(app=APP, token=token) is None
-    assert await redis.zscore(f"{namespace}:{APP}:_users", "org:7:user") is None
-    assert not await redis.exists(f"{namespace}:{APP}:us:org:7:user")
+    assert await redis.zscore(Indexes(rs, "org:7:user").users, "org:7:user") is None
+    assert not await redis.exists(Indexes(rs, "org:7:user").tokens)
     assert await rs.get(app=APP, token=other) is not None
     assert await rs.killsoid(app=APP, id="org:7:user") == {"kill": 0}
 
@@ -343,7 +355,7 @@ async def test_killall_kills_one_app_in_batches(
         survivor = (await rs.create(app="other", id="u0:x", ip=IP))["token"]
         assert await rs.killall(app=APP) == {"kill": 7}
         assert await rs.activity(app=APP, delta_time=600) == {"activity": 0}
-        assert await redis.keys(f"{namespace}:{APP}:*") == []
+        assert [key for key in await redis.keys(f"{namespace}:*") if f":{APP}:" in key] == []
         assert await rs.get(app="other", token=survivor) is not None
         assert await rs.killall(app=APP) == {"kill": 0}
 
@@ -439,6 +451,7 @@ async def settle(seen: list[str], count: int) -> list[str]:
     return list(seen)
 
 
+@pytest.mark.single_server
 async def test_every_write_publishes_and_reads_do_not(
     rs: RedisSessions, channel: list[str], clock: ManualClock
 ) -> None:
@@ -470,10 +483,10 @@ async def test_every_write_publishes_and_reads_do_not(
 
 
 async def test_wipe_removes_expired_sessions_in_batches(
-    server: ServerProcess, redis: Redis, namespace: str, clock: ManualClock
+    deployment: Deployment, redis: Redis, namespace: str, clock: ManualClock
 ) -> None:
     async with RedisSessions(
-        url=server.url, namespace=namespace, wipe=0, clock=clock, batch=3
+        url=deployment.url, namespace=namespace, wipe=0, clock=clock, batch=3
     ) as rs:
         for i in range(10):
             await new(rs, f"gone:{i % 4}", ttl=10)
@@ -481,12 +494,13 @@ async def test_wipe_removes_expired_sessions_in_batches(
         clock.advance(11)
         assert await rs.wipe() == 10
         assert await rs.get(app=APP, token=keep) is not None
-        assert await redis.zcard(f"{namespace}:SESSIONS") == 1
-        assert await redis.zcard(f"{namespace}:{APP}:_sessions") == 1
-        assert await redis.zrange(f"{namespace}:{APP}:_users", 0, -1) == ["gone:0"]
-        assert await redis.smembers(f"{namespace}:{APP}:us:gone:0") == {keep}
+        index = Indexes(rs, "gone:0")
+        assert await redis.zrange(index.expiry, 0, -1) == [f"{APP}:{keep}:gone:0"]
+        assert await redis.zrange(index.sessions, 0, -1) == [f"{keep}:gone:0"]
+        assert await redis.zrange(index.users, 0, -1) == ["gone:0"]
+        assert await redis.smembers(index.tokens) == {keep}
         for i in (1, 2, 3):
-            assert not await redis.exists(f"{namespace}:{APP}:us:gone:{i}")
+            assert not await redis.exists(Indexes(rs, f"gone:{i}").tokens)
         assert await rs.wipe() == 0
 
 
@@ -495,18 +509,18 @@ async def test_wipe_trusts_the_session_over_a_stale_index(
 ) -> None:
     token = await new(rs, "u", ttl=100)
     member = f"{APP}:{token}:u"
-    await redis.zadd(f"{namespace}:SESSIONS", {member: 1})
+    await redis.zadd(Indexes(rs, "u").expiry, {member: 1})
     clock.advance(50)
     assert await rs.wipe() == 0
     assert await rs.get(app=APP, token=token) is not None
-    assert await redis.zscore(f"{namespace}:SESSIONS", member) == int(clock.now) + 100
+    assert await redis.zscore(Indexes(rs, "u").expiry, member) == int(clock.now) + 100
 
 
 async def test_wipe_runs_in_one_process_per_interval(
-    server: ServerProcess, namespace: str, clock: ManualClock
+    deployment: Deployment, namespace: str, clock: ManualClock
 ) -> None:
-    first = RedisSessions(url=server.url, namespace=namespace, wipe=0, clock=clock)
-    second = RedisSessions(url=server.url, namespace=namespace, wipe=0, clock=clock)
+    first = RedisSessions(url=deployment.url, namespace=namespace, wipe=0, clock=clock)
+    second = RedisSessions(url=deployment.url, namespace=namespace, wipe=0, clock=clock)
     async with first, second:
         await new(first, "u", ttl=10)
         clock.advance(11)
@@ -523,6 +537,7 @@ async def connections(redis: Redis) -> int:
     return len(await redis.client_list())
 
 
+@pytest.mark.single_server
 async def test_aclose_closes_every_connection_and_task(
     server: ServerProcess, redis: Redis, namespace: str
 ) -> None:

@@ -5,22 +5,27 @@ The store speaks the data model of the Node library redis-sessions 4.x.
 
 from .embedded import EmbeddedServer
 from .errors import (
+    IncompleteKillError,
     InvalidFormatError,
     InvalidValueError,
     MissingParameterError,
+    NotDurableError,
     SessionsClosedError,
     SessionsError,
     StoredDataError,
 )
-from .keys import KeyLayout
+from .keys import ClusterLayout, KeyLayout
 from .store import RedisSessions, SessionDict
 
 __all__ = [
+    "ClusterLayout",
     "EmbeddedServer",
+    "IncompleteKillError",
     "InvalidFormatError",
     "InvalidValueError",
     "KeyLayout",
     "MissingParameterError",
+    "NotDurableError",
     "RedisSessions",
     "SessionDict",
     "SessionsClosedError",

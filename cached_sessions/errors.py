@@ -67,12 +67,13 @@ class SessionsClosedError(RuntimeError):
         super().__init__("this RedisSessions is closed; create a new one")
 
 
-class NotDurableError(RuntimeError):
+class NotDurableError(RedisTimeoutError):
     """A kill was applied on the primary, but fewer replicas than asked acknowledged
     it in time, so a failover now could bring the killed sessions back.
 
     The kill is idempotent: calling it again retries, and succeeds once enough
-    replicas answer.
+    replicas answer. It is a redis-py TimeoutError (the wait for the replicas timed
+    out), so that code that turns those into a retry or a 503 does so here too.
     """
 
     def __init__(self, operation: str, acknowledged: int, wanted: int, timeout: float) -> None:

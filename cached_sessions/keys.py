@@ -67,6 +67,7 @@ class KeyLayout:
     cluster: ClassVar[bool] = False
     buckets: ClassVar[int] = 1
     publish: ClassVar[str] = "PUBLISH"
+    strict: ClassVar[bool] = False  # scripts may write keys they did not declare
 
     def __post_init__(self) -> None:
         _check_namespace(self.namespace)
@@ -79,6 +80,11 @@ class KeyLayout:
 
     def new_token(self, bucket: int) -> str:
         return new_token()
+
+    def token_keys(self, app: str, token: str) -> list[str]:
+        """The keys a call about one token declares: the session alone. Scripts build
+        the others from templates, which is cheaper to send and always in place here."""
+        return [self.session(app, token)]
 
     # Keys known before a script runs.
     def session(self, app: str, token: str) -> str:
@@ -140,6 +146,7 @@ class ClusterLayout:
     buckets: int = DEFAULT_BUCKETS
     cluster: ClassVar[bool] = True
     publish: ClassVar[str] = "SPUBLISH"
+    strict: ClassVar[bool] = True  # scripts write only keys they declared
     _tags: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -167,6 +174,18 @@ class ClusterLayout:
 
     def new_token(self, bucket: int) -> str:
         return ALPHABET[bucket // _BASE] + ALPHABET[bucket % _BASE] + new_token()[2:]
+
+    def token_keys(self, app: str, token: str) -> list[str]:
+        """The keys a call about one token declares: the session and its bucket's
+        indexes. On a cluster every key a script writes is declared, so that while its
+        slot migrates the server checks them all before the script runs (see _lib.lua)."""
+        bucket = self.bucket_of_token(token)
+        return [
+            self.session(app, token),
+            self.app_sessions(app, bucket),
+            self.app_users(app, bucket),
+            self.expiry_index(bucket),
+        ]
 
     def _prefix(self, bucket: int) -> str:
         return f"{self.namespace}:{{{self._tags[bucket]}}}"

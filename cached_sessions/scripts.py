@@ -7,11 +7,19 @@ flushed or newly promoted server) the script is loaded again (on a cluster, on e
 primary) and the call repeated, so callers never see that error.
 
 On a cluster, redis-py routes each call by its first key and follows MOVED, ASK and
-TRYAGAIN by itself; a pipeline goes out as one batch per node, the nodes at once.
+TRYAGAIN; a pipeline goes out as one batch per node, the nodes at once. A script there
+writes only keys it declared, so that while a slot migrates the server checks every one
+of them before it runs: a call that finds it needs keys it did not declare (the keys of
+a user or a reference, known only once a session is read) writes nothing and names
+them (`UNDECLARED`), and is sent again with them. What a migration makes a call meet
+for a moment (TRYAGAIN, a read of a key that has moved) is retried the same way, within
+the call's deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -22,7 +30,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError, TryAgainError
 
 from .errors import NotDurableError
 from .keys import TEMPLATE_ORDER, Layout
@@ -32,6 +40,29 @@ __all__ = ["OPERATIONS", "Client", "Durability", "Scripts", "script_source"]
 
 Client = Redis | RedisCluster
 Call = tuple[Sequence[str], Sequence[Any]]  # keys, args
+
+MIGRATION_PAUSE = 0.02  # between tries of a call that met a slot on the move
+MAX_DECLARE_ROUNDS = 8  # a call whose needs change faster than this is retried later
+MAX_TRIES = 10_000
+
+
+def undeclared_keys(error: BaseException) -> list[str] | None:
+    """The keys a script asked to have declared, or None for any other error."""
+    if not isinstance(error, ResponseError):
+        return None
+    text = str(error)
+    if not text.startswith("UNDECLARED "):
+        return None
+    keys: list[str] = json.loads(text[len("UNDECLARED ") :])
+    return keys
+
+
+def _in_migration(error: BaseException) -> bool:
+    """A call that met a slot on the move: nothing was written, try again shortly."""
+    if isinstance(error, TryAgainError):
+        return True
+    return isinstance(error, ResponseError) and "non local key" in str(error)
+
 
 OPERATIONS = (
     "create", "get", "set", "kill", "killall", "killsoid", "soid", "soapp", "wipe", "touch",
@@ -59,7 +90,11 @@ def layout_header(layout: Layout, references: Sequence[str] = ()) -> str:
     )
     indexed = ", ".join(f"[{_lua_string(field)}] = true" for field in references)
     publish = _lua_string(layout.publish)
-    return f"local L = {{{fields}, publish = {publish}, references = {{{indexed}}}}}\n"
+    strict = "true" if layout.strict else "false"
+    return (
+        f"local L = {{{fields}, publish = {publish}, strict = {strict}, "
+        f"references = {{{indexed}}}}}\n"
+    )
 
 
 def script_source(operation: str, header: str) -> str:
@@ -115,12 +150,25 @@ class Scripts:
         return self.slots.call(self._evalsha, self._scripts[operation], keys, args)
 
     async def _evalsha(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client = self._client
-        try:
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # the server was restarted, flushed or newly promoted
-            await client.script_load(script.script)
-            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        client, declared, rounds = self._client, list(keys), 0
+        # Bounded by the call's deadline (slots.py) as much as by this count.
+        for _ in range(MAX_TRIES):
+            try:
+                return await client.evalsha(script.sha, len(declared), *declared, *args)
+            except NoScriptError:  # the server was restarted, flushed or newly promoted
+                await client.script_load(script.script)
+            except ResponseError as error:
+                wanted = undeclared_keys(error)
+                if wanted is None and not _in_migration(error):
+                    raise
+                if wanted is None:
+                    await asyncio.sleep(MIGRATION_PAUSE)
+                    continue
+                rounds += 1
+                if rounds > MAX_DECLARE_ROUNDS:
+                    raise
+                declared += [key for key in wanted if key not in declared]
+        raise ResponseError("a slot stayed on the move for the whole call")
 
     def queue(
         self,
@@ -151,7 +199,28 @@ class Scripts:
             again = await self._send(operation, [calls[i] for i in missing])
             for i, result in zip(missing, again, strict=True):
                 results[i] = result
+        # Calls that need more keys, or met a slot on the move, go again one by one.
+        retry = [
+            i
+            for i, result in enumerate(results)
+            if isinstance(result, ResponseError)
+            and (undeclared_keys(result) is not None or _in_migration(result))
+        ]
+        if retry:
+            script = self._scripts[operation]
+            again = await asyncio.gather(
+                *(self._evalsha(script, *self._with_wanted(calls[i], results[i])) for i in retry),
+                return_exceptions=True,
+            )
+            for i, result in zip(retry, again, strict=True):
+                results[i] = result
         return results
+
+    @staticmethod
+    def _with_wanted(call: Call, error: BaseException) -> Call:
+        keys, args = call
+        wanted = undeclared_keys(error) or []
+        return [*keys, *(key for key in wanted if key not in keys)], args
 
     async def _send(self, operation: str, calls: Sequence[Call]) -> list[Any]:
         pipe = self.pipeline()
@@ -176,13 +245,18 @@ class Scripts:
         and the WAIT go out in one pipeline, on one connection. Replication keeps the
         primary's order, so a replica that has the marker has the call too.
         """
-        for _ in range(2):
-            results, node = await self._durable_round(operation, keys, args, marker, durability)
-            if node is None or node == self._owner(marker):
-                break  # the slot did not move away during the call
-        if isinstance(results[0], NoScriptError):
-            await self.load(operation)
-            results, _ = await self._durable_round(operation, keys, args, marker, durability)
+        declared = list(keys)
+        for _ in range(MAX_DECLARE_ROUNDS):
+            results, node = await self._durable_round(operation, declared, args, marker, durability)
+            first = results[0]
+            if isinstance(first, NoScriptError):
+                await self.load(operation)
+            elif (wanted := undeclared_keys(first)) is not None:
+                declared += [key for key in wanted if key not in declared]
+            elif _in_migration(first):
+                await asyncio.sleep(MIGRATION_PAUSE)
+            elif node is None or node == self._owner(marker):
+                break  # done, and the slot did not move away during the call
         for result in results:
             if isinstance(result, Exception):
                 raise result

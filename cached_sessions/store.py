@@ -95,6 +95,10 @@ def _durability(replicas: object, wait: object, redis_timeout: float) -> Durabil
     return Durability(replicas, seconds)
 
 
+def _raw_values(d: dict[str, Any]) -> dict[str, str]:
+    return {key: dump_value(value) for key, value in d.items() if value is not None}
+
+
 def _raise_first(results: list[Any]) -> list[Any]:
     """The results of a fan-out, or the first error among them."""
     for result in results:
@@ -384,6 +388,8 @@ class RedisSessions:
                 layout.expiry_index(bucket),
             ]
             args = [self._now(), app, token, id, ip, ttl, data, flag]
+            if layout.strict and data:
+                keys += self._reference_keys(app, token, _raw_values(d or {}))
             # 0 only if the token already exists: draw another rather than overwrite.
             if await scripts.run("create", keys, args):
                 return {"token": token}
@@ -431,7 +437,9 @@ class RedisSessions:
         return await self._fetch(scripts, app, token)
 
     async def _fetch(self, scripts: Scripts, app: str, token: str) -> Fetched:
-        raw = await scripts.run("get", self._session_key(app, token), [self._now(), app, token])
+        raw = await scripts.run(
+            "get", self._layout.token_keys(app, token), [self._now(), app, token]
+        )
         if raw is None:
             return None
         if raw == 0:
@@ -451,7 +459,10 @@ class RedisSessions:
         for triple in patch:
             args.extend(triple)
         try:
-            raw = await scripts.run("set", self._session_key(app, token), args)
+            keys = self._layout.token_keys(app, token)
+            if self._layout.strict:  # the new reference values are known: declare them
+                keys += self._reference_keys(app, token, {k: v for k, _, v in patch if v})
+            raw = await scripts.run("set", keys, args)
         except ResponseError as error:
             raise self._set_error(error) from None
         finally:
@@ -464,7 +475,7 @@ class RedisSessions:
         scripts = await self._ready()
         try:
             bucket = self._layout.bucket_of_token(token)
-            call = ("kill", self._session_key(app, token), [self._now(), app, token])
+            call = ("kill", self._layout.token_keys(app, token), [self._now(), app, token])
             killed = await self._kill_call(scripts, bucket, *call)
         finally:
             self._drop(app, token)
@@ -684,10 +695,14 @@ class RedisSessions:
         if self._cache is not None:
             self._cache.drop(app, token)
 
-    def _session_key(self, app: str, token: str) -> list[str]:
-        # The scripts find the app's other keys from the templates in their text
-        # (scripts.py): a call sends only the key of the session it is about.
-        return [self._layout.session(app, token)]
+    def _reference_keys(self, app: str, token: str, raw_values: dict[str, str]) -> list[str]:
+        """The reference sets a write of these values (JSON texts) puts the token in."""
+        bucket = self._layout.bucket_of_token(token)
+        return [
+            self._layout.reference(app, field, raw_values[field], bucket)
+            for field in self._references
+            if field in raw_values
+        ]
 
     @staticmethod
     def _set_error(error: ResponseError) -> Exception:

@@ -53,7 +53,7 @@ MAX_IP_LENGTH: Final = 39  # the longest textual IPv6 address
 MAX_DATA_BYTES: Final = 64 * 1024
 # Merging a `d` takes the set script about 1 µs of Redis time per key (Valkey 9, 2-core
 # VM): at this cap a set with indexed references stays under about 1 ms.
-MAX_DATA_KEYS: Final = 1000
+MAX_DATA_KEYS: Final = 500
 MAX_SAFE_INTEGER: Final = 2**53 - 1
 
 _APP = re.compile(r"[A-Za-z0-9_-]{3,20}")

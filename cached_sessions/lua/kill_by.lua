@@ -11,21 +11,28 @@ local value, max_keys, max_bytes = ARGV[ARG + 4], tonumber(ARGV[ARG + 5]), tonum
 local batch, budget = tonumber(ARGV[ARG + 7]), tonumber(ARGV[ARG + 8])
 local killed, spent, seen = 0, 0, 0
 
--- Whether the live session at `key` must die, or nil when checking it would overrun
--- the budget (it is left for the next call). `refs` answers when its fingerprint
--- matches `d` (a hash, in C); otherwise `d` is parsed, once, within the caps.
-local function doomed(key)
+-- What to do with the live session at `key`: 'kill', 'keep', or 'later' when checking
+-- it would overrun the budget (it goes back into the set for a later call; the first
+-- session of a call is always checked, so every call makes progress). `refs` answers
+-- when its fingerprint matches `d` (a hash, in C); otherwise `d` is parsed, once,
+-- within the caps.
+local function verdict(key)
   local fingerprint, indexed = read_refs(key)
   local d = redis.call('HGET', key, 'd') or ''
   spent = spent + #d
-  if fingerprint and redis.sha1hex(d) == fingerprint then return indexed[field] == value end
-  if d == '' then return false end
-  if #d > max_bytes then return true end
-  local work = parse_work(#d, max_keys)
-  if seen > 1 and spent + work > budget then return nil end
-  spent = spent + work
-  local parsed = split_object(d, max_keys, {[field] = true})
-  return not parsed or parsed.found[field] == value
+  local current
+  if fingerprint and redis.sha1hex(d) == fingerprint then
+    current = indexed[field]
+  elseif d ~= '' then
+    if #d > max_bytes then return 'kill' end
+    local work = parse_work(#d, max_keys)
+    if seen > 1 and spent + work > budget then return 'later' end
+    spent = spent + work
+    local parsed = split_object(d, max_keys, {[field] = true})
+    if not parsed then return 'kill' end
+    current = parsed.found[field]
+  end
+  return current == value and 'kill' or 'keep'
 end
 
 while seen < batch and spent < budget do
@@ -35,17 +42,14 @@ while seen < batch and spent < budget do
   spent = spent + SESSION_WORK
   local key = fill(L.session, app, token)
   local s = read_session(key, now, true)
-  if s then
-    local verdict = doomed(key)
-    if verdict == nil then
-      redis.call('SADD', KEYS[1], token)
-      break
-    end
-    if verdict then
-      remove_session(app, token, s.id)
-      killed = killed + 1
-    end
-  else
+  local action = s and verdict(key)
+  if action == 'later' then
+    redis.call('SADD', KEYS[1], token)
+    break
+  elseif action == 'kill' then
+    remove_session(app, token, s.id)
+    killed = killed + 1
+  elseif not s then
     local id = redis.call('HGET', key, 'id')
     if id then remove_session(app, token, id) end  -- expired: clean up now
   end

@@ -201,9 +201,10 @@ end
 
 -- Batched operations (kill_by, killall, wipe) stop before they spend more than a work
 -- budget (an ARGV), counted in bytes of `d` hashed. The other costs are counted in the
--- same unit, from measures on Valkey 9 where hashing takes about 2 ns a byte: a removal
--- (about 50 µs, more with each indexed field it unindexes), and a parse of `d` (about
--- 12 ns a byte when it is dense with escapes, and 2 µs a member).
+-- same unit, from measures on Valkey 9 and Redis 7 (`python -m benchmarks.script_cost`)
+-- where hashing takes about 2 ns a byte: a removal (up to 50 µs, more with each indexed
+-- field it unindexes), and a parse of `d` (up to 12 ns a byte when it is dense with
+-- escapes, and 2 µs a member).
 local REFERENCE_COUNT = 0
 for _ in pairs(L.references) do REFERENCE_COUNT = REFERENCE_COUNT + 1 end
 local SESSION_WORK = 24576 + 4096 * REFERENCE_COUNT

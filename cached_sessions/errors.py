@@ -99,8 +99,9 @@ class IncompleteKillError(RedisConnectionError, RedisTimeoutError):
 
     def __init__(self, operation: str, killed: int, cause: BaseException) -> None:
         done = "removing" if operation == "wipe" else "killing"
+        sessions = "session" if killed == 1 else "sessions"
         super().__init__(
-            f"{operation} stopped after {done} {killed} sessions, because Redis failed "
+            f"{operation} stopped after {done} {killed} {sessions}, because Redis failed "
             f"({cause}); the others are still there: call {operation} again to finish "
             "(the batch that failed may have been applied too)"
         )

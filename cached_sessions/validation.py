@@ -51,9 +51,11 @@ MAX_TTL: Final = 365 * 24 * 3600  # one year; longer belongs in a remember-me to
 MAX_ID_LENGTH: Final = 128
 MAX_IP_LENGTH: Final = 39  # the longest textual IPv6 address
 MAX_DATA_BYTES: Final = 64 * 1024
-# Merging a `d` takes the set script about 1 µs of Redis time per key (Valkey 9, 2-core
-# VM): at this cap a set with indexed references stays under about 1 ms.
-MAX_DATA_KEYS: Final = 1000
+# The scripts that read `d` (set, create with references, kill_by on data another
+# writer changed) take about 1.2 µs of Redis time per key at worst, and up to about
+# 1 ms more for 64 KiB dense with escapes. At both caps a set takes 1.5 ms on Valkey 9
+# and 1.8 ms on Redis 7 (2-core VM; `python -m benchmarks.script_cost`): under 2 ms.
+MAX_DATA_KEYS: Final = 500
 MAX_SAFE_INTEGER: Final = 2**53 - 1
 
 _APP = re.compile(r"[A-Za-z0-9_-]{3,20}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from cached_sessions import InvalidValueError, RedisSessions
+from cached_sessions.validation import MAX_DATA_BYTES
 from tests.conftest import ManualClock
 from tests.servers import ServerProcess
 
@@ -153,3 +155,79 @@ async def test_sessions_without_the_field_or_without_data(
     assert await rs.wipe() == 1
     assert await redis.keys(f"{namespace}:{APP}:ref:*") == []
     assert await rs.killall(app=APP) == {"kill": 1}
+
+
+# Reference values are read from adversarial data exactly
+
+
+async def rewrite(redis: Redis, namespace: str, token: str, raw: str) -> None:
+    """As a writer that knows nothing of the index (Node's redis-sessions) would."""
+    await redis.hset(f"{namespace}:{APP}:{token}", "d", raw)
+
+
+async def test_indexing_reads_the_value_that_counts(
+    rs: RedisSessions, redis: Redis, namespace: str
+) -> None:
+    """Field names and `"field":` text inside strings, escaped quotes: none of them count."""
+    d = {"note": '"org_id":7,"team":"a"', 'org_id"': 7, "\\": '\\"org_id\\":7', "org_id": 8}
+    token = await new(rs, "u1", d=d)
+    assert await redis.keys(f"{namespace}:{APP}:ref:*") == [f"{namespace}:{APP}:ref:org_id:8"]
+    await rs.set(app=APP, token=token, d={"team": "b", "note": '"team":"a"'})
+    assert sorted(await redis.keys(f"{namespace}:{APP}:ref:*")) == [
+        f"{namespace}:{APP}:ref:org_id:8",
+        f'{namespace}:{APP}:ref:team:"b"',
+    ]
+    assert await rs.kill_by(app=APP, field="org_id", value=7) == {"kill": 0}
+    assert await rs.kill_by(app=APP, field="team", value="a") == {"kill": 0}
+    assert await rs.kill_by(app=APP, field="org_id", value=8) == {"kill": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "killed"),
+    [
+        ('{"note":"\\"org_id\\":7,","org_id":8}', False),
+        ('{"org_id":8,"org_id":7}', True),  # a repeated key: the last one wins
+        ('{"org_id":7,"org_id":8}', False),
+        ('{"org_id\\"":7,"org_id":8}', False),
+        ('{"\\u006frg_id":7}', True),  # the same key, escaped
+        (' { "a" : "\\\\" , "org_id" :\t7 } ', True),
+        ('{"a":"\\\\\\"org_id\\":8","org_id":7}', True),
+        ('{"org_id":"7"}', False),
+        ("{}", False),
+    ],
+)  # fmt: skip
+async def test_kill_by_reads_data_rewritten_elsewhere_exactly(
+    rs: RedisSessions, redis: Redis, namespace: str, raw: str, killed: bool
+) -> None:
+    assert json.loads(raw) is not None  # each one is valid JSON
+    token = await new(rs, "u1", d={"org_id": 7})
+    await rewrite(redis, namespace, token, raw)
+    assert await rs.kill_by(app=APP, field="org_id", value=7) == {"kill": int(killed)}
+    assert await alive(rs, token) == [not killed]
+
+
+async def test_a_removal_unindexes_the_values_indexed_even_after_a_rewrite(
+    rs: RedisSessions, redis: Redis, namespace: str, clock: ManualClock
+) -> None:
+    tokens = [await new(rs, f"u{i}", d={"org_id": 7, "team": "a"}, ttl=10) for i in range(3)]
+    for token in tokens:
+        await rewrite(redis, namespace, token, '{"org_id":8}')
+    await rs.kill(app=APP, token=tokens[0])
+    await rs.killsoid(app=APP, id="u1")
+    clock.advance(11)
+    assert await rs.wipe() == 1
+    assert await redis.keys(f"{namespace}:{APP}:ref:*") == []
+
+
+async def test_kill_by_kills_a_session_whose_data_it_cannot_read(
+    rs: RedisSessions, redis: Redis, namespace: str
+) -> None:
+    """Data another library wrote past this one's reach: a revocation errs on ending it."""
+    nested = await new(rs, "u1", d={"org_id": 7})
+    huge = await new(rs, "u2", d={"org_id": 7})
+    read = await new(rs, "u3", d={"org_id": 7})
+    await rewrite(redis, namespace, nested, '{"org_id":8,"more":{"a":1}}')
+    await rewrite(redis, namespace, huge, json.dumps({"org_id": 8, "x": "y" * MAX_DATA_BYTES}))
+    await rewrite(redis, namespace, read, '{"org_id":8}')
+    assert await rs.kill_by(app=APP, field="org_id", value=7) == {"kill": 2}
+    assert await alive(rs, nested, huge, read) == [False, False, True]

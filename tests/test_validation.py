@@ -17,6 +17,7 @@ from cached_sessions import (
 )
 from cached_sessions.validation import (
     MAX_DATA_BYTES,
+    MAX_DATA_KEYS,
     MAX_SAFE_INTEGER,
     MAX_TTL,
     encode_create_data,
@@ -100,6 +101,16 @@ NAMES = {M: "missingParameter", F: "invalidFormat", V: "invalidValue"}
             V,
             f"d is {MAX_DATA_BYTES + 8} bytes as JSON; at most {MAX_DATA_BYTES} are allowed",
         ),
+        (
+            lambda: encode_data_patch(dict.fromkeys(map(str, range(MAX_DATA_KEYS + 1)), 1)),
+            V,
+            f"d has {MAX_DATA_KEYS + 1} keys; at most {MAX_DATA_KEYS} are allowed",
+        ),
+        (
+            lambda: encode_create_data(dict.fromkeys(map(str, range(MAX_DATA_KEYS + 1)))),
+            V,
+            f"d has {MAX_DATA_KEYS + 1} keys; at most {MAX_DATA_KEYS} are allowed",
+        ),
     ],
 )  # fmt: skip
 def test_errors_name_and_message(call: Any, error: type[SessionsError], message: str) -> None:
@@ -130,6 +141,12 @@ def test_create_data_drops_nulls_and_keeps_numbers_exact() -> None:
     assert encoded == '{"i":9007199254740991,"f":0.30000000000000004,"b":false,"s":"é"}'
 
 
+def test_d_may_hold_as_many_keys_as_the_cap() -> None:
+    at_cap = dict.fromkeys(map(str, range(MAX_DATA_KEYS)), 0)
+    assert len(encode_data_patch(at_cap)) == MAX_DATA_KEYS
+    assert encode_create_data(at_cap).count(":") == MAX_DATA_KEYS
+
+
 def test_patch_marks_removals_with_an_empty_value() -> None:
     assert encode_data_patch({"a": 1, "b": None}) == [("a", '"a"', "1"), ("b", '"b"', "")]
 
@@ -156,6 +173,11 @@ async def test_validation_runs_before_any_io() -> None:
             await store.create(app="shop", id="", ip="1.2.3.4")
         with pytest.raises(InvalidValueError):
             await store.set(app="shop", token=TOKEN, d={"x": object()})
+        too_many = dict.fromkeys(map(str, range(MAX_DATA_KEYS + 1)), 1)
+        with pytest.raises(InvalidValueError, match="keys; at most"):
+            await store.set(app="shop", token=TOKEN, d=too_many)
+        with pytest.raises(InvalidValueError, match="keys; at most"):
+            await store.create(app="shop", id="u", ip="1.2.3.4", d=too_many)
         with pytest.raises(InvalidValueError):
             await store.soapp(app="shop", delta_time=5)
         with pytest.raises(InvalidFormatError):

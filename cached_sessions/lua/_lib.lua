@@ -20,51 +20,72 @@ local function fill(template, app, token, id, field, value)
   end))
 end
 
--- The JSON text with every escape sequence (a backslash and the byte after it)
--- replaced by two plain bytes: same length, same positions, and every '"' left in
--- it is a real string delimiter. One pass in C, and none when there is no backslash,
--- so that no text, however many escapes it holds, costs a Lua step per escape.
+-- The JSON text with every escaped quote or backslash replaced by two plain bytes:
+-- same length, same positions, and every '"' left in it is a real string delimiter.
+-- Only a text that holds a backslash before a quote needs it (other escapes hold no
+-- quote); then it is one pass in C, so no text costs a Lua step per escape.
 local function unescaped(text)
-  if not string.find(text, '\\', 1, true) then return text, false end
-  return (string.gsub(text, '\\.', '__')), true
+  if not string.find(text, '\\"', 1, true) then return text end
+  return (string.gsub(text, '\\[\\"]', '__'))
 end
 
--- One member of an object in unescaped text, with a string or another scalar value:
--- positions of the key, of the value and past the separator, and the separator.
-local STRING_MEMBER = '^()"[^"]*"()%s*:%s*()"[^"]*"()%s*([,}])%s*()'
-local SCALAR_MEMBER = '^()"[^"]*"()%s*:%s*()[%w%.%+%-]+()%s*([,}])%s*()'
+-- One member of an object in unescaped text, anchored at its key, with a string or
+-- another scalar value: positions past the key and past the value, the separator that
+-- follows, and the position past it. Strings are scanned by C, not by Lua steps.
+local STRING_MEMBER = '^"[^"]*"()%s*:%s*"[^"]*"()%s*([,}])%s*()'
+local SCALAR_MEMBER = '^"[^"]*"()%s*:%s*[%w%.%+%-]+()%s*([,}])%s*()'
 
--- Splits a flat JSON object (scalar values only) into its members, kept as raw text:
--- cjson would re-encode numbers with 14 significant digits and change them. Returns
--- {keys, members (raw `"key":value` texts), found, n}, where `found` holds the raw
--- values of the keys in `wanted` (the last one wins, as in JSON.parse), or nil and
--- why not: NOT_FLAT, or TOO_MANY_KEYS past `max_keys` members (nil: no bound). The
--- work is linear in the text: two pattern matches per member at most, all in C.
+-- The key of a member as JSON.parse reads it, from its raw text, or nil.
+local function decoded_key(raw)
+  local ok, key = pcall(cjson.decode, raw)
+  if ok and type(key) == 'string' then return key end
+  return nil
+end
+
+-- The raw value of a member whose key ends before `after_key`.
+local function member_value(text, after_key, after_value)
+  local _, colon = string.find(text, '^%s*:%s*', after_key)
+  return string.sub(text, colon + 1, after_value - 1)
+end
+
+-- Splits a flat JSON object (scalar values only) into its members, or returns nil and
+-- why not: NOT_FLAT, or TOO_MANY_KEYS past `max_keys` members (nil: no bound). Member
+-- i is the raw text from starts[i] to ends[i], so values pass through untouched (cjson
+-- would re-encode numbers with 14 significant digits and change them), and runs of
+-- members can be copied whole. last[key] is the member that counts for a repeated key
+-- (the last, as in JSON.parse); found[key] is its raw value, for the keys in `wanted`.
+-- The work is linear in the text: one or two pattern matches per member.
 local function split_object(text, max_keys, wanted)
-  local keys, members, found, n = {}, {}, {}, 0
-  local plain, escaped = unescaped(text)
+  local keys, starts, ends, last, found, n = {}, {}, {}, {}, {}, 0
+  local parsed = {text = text, keys = keys, starts = starts, ends = ends, last = last, found = found, n = 0}
+  local plain, escaped = unescaped(text), string.find(text, '\\', 1, true)
   local _, at = string.find(plain, '^%s*{%s*')
   if not at then return nil, 'NOT_FLAT' end
   at = at + 1
-  if string.find(plain, '^}%s*$', at) then return {keys = keys, members = members, found = found, n = 0} end
+  if string.find(plain, '^}%s*$', at) then return parsed end
+  -- The kind of value of the member before is tried first: one match per member
+  -- for runs of one kind, two for a member whose kind changes.
+  local first, second = STRING_MEMBER, SCALAR_MEMBER
   while true do
-    local _, _, k1, k2, v1, v2, sep, after = string.find(plain, STRING_MEMBER, at)
-    if not k1 then _, _, k1, k2, v1, v2, sep, after = string.find(plain, SCALAR_MEMBER, at) end
-    if not k1 then return nil, 'NOT_FLAT' end
+    local _, _, after_key, after_value, sep, after = string.find(plain, first, at)
+    if not after_key then
+      _, _, after_key, after_value, sep, after = string.find(plain, second, at)
+      if not after_key then return nil, 'NOT_FLAT' end
+      first, second = second, first
+    end
     if n == max_keys then return nil, 'TOO_MANY_KEYS' end
-    local key = string.sub(text, k1 + 1, k2 - 2)
+    local key = string.sub(text, at + 1, after_key - 2)
     if escaped and string.find(key, '\\', 1, true) then
-      local ok, decoded = pcall(cjson.decode, string.sub(text, k1, k2 - 1))
-      if not ok then return nil, 'NOT_FLAT' end
-      key = decoded
+      key = decoded_key(string.sub(text, at, after_key - 1))
+      if not key then return nil, 'NOT_FLAT' end
     end
     n = n + 1
-    keys[n] = key
-    members[n] = string.sub(text, k1, v2 - 1)
-    if wanted and wanted[key] then found[key] = string.sub(text, v1, v2 - 1) end
+    keys[n], starts[n], ends[n], last[key] = key, at, after_value - 1, n
+    if wanted and wanted[key] then found[key] = member_value(text, after_key, after_value) end
     if sep == '}' then
       if after <= #plain then return nil, 'NOT_FLAT' end
-      return {keys = keys, members = members, found = found, n = n}
+      parsed.n = n
+      return parsed
     end
     at = after
   end
@@ -187,12 +208,20 @@ local function remove_session(app, token, id)
   publish(app, token)
 end
 
--- Batched operations (kill_by, killall, wipe) stop once they have spent a work budget
--- (an ARGV), counted in bytes of `d` read: one removal counts as SESSION_WORK, one
--- parse of `d` as PARSE_WORK more than its bytes. Measured on Valkey 9 (see
--- store.py), a budget of 1 MiB keeps a call within a few milliseconds.
-local SESSION_WORK = 8192
-local PARSE_WORK = 262144
+-- Batched operations (kill_by, killall, wipe) stop before they spend more than a work
+-- budget (an ARGV), counted in bytes of `d` hashed. The other costs are counted in the
+-- same unit, from measures on Valkey 9 and Redis 7 (`python -m benchmarks.script_cost`)
+-- where hashing takes about 2 ns a byte: a removal (up to 50 µs, more with each indexed
+-- field it unindexes), and a parse of `d` (up to 12 ns a byte when it is dense with
+-- escapes, and 2 µs a member).
+local REFERENCE_COUNT = 0
+for _ in pairs(L.references) do REFERENCE_COUNT = REFERENCE_COUNT + 1 end
+local SESSION_WORK = 24576 + 4096 * REFERENCE_COUNT
+
+-- The most a parse of `bytes` bytes can cost; a member takes at least 6 bytes.
+local function parse_work(bytes, max_keys)
+  return 6 * bytes + 1024 * math.min(max_keys, math.floor(bytes / 6) + 1)
+end
 
 local function batch_size(batch, budget)
   return math.max(1, math.min(batch, math.floor(budget / SESSION_WORK)))

@@ -16,7 +16,7 @@ if not s then return false end
 local patch = {}
 for i = FIRST, #ARGV, 3 do patch[ARGV[i]] = i end
 
-local stored = {keys = {}, members = {}, found = {}, n = 0}
+local stored = {keys = {}, last = {}, found = {}, n = 0}
 if s.d ~= '' then
   if #s.d > max_bytes then return redis.error_reply('STORED_DATA_TOO_LARGE ' .. #s.d) end
   local why
@@ -24,27 +24,32 @@ if s.d ~= '' then
   if not stored then return redis.error_reply('STORED_DATA_' .. why) end
 end
 
--- A repeated key: the last one wins, as in JSON.parse. A changed key keeps its place.
-local last = {}
-for i = 1, stored.n do last[stored.keys[i]] = i end
-local parts, count = {}, 0
+-- The stored members that stay are copied in runs; a changed key keeps its place, and
+-- of a repeated key only the last one counts, as in JSON.parse.
+local parts, count, run_start, run_end = {}, 0, nil, nil
 for i = 1, stored.n do
   local key = stored.keys[i]
-  if last[key] == i then
-    local at = patch[key]
-    if not at then
+  local at = patch[key]
+  if stored.last[key] == i and not at then
+    count = count + 1
+    run_start = run_start or stored.starts[i]
+    run_end = stored.ends[i]
+  else
+    if run_start then
+      parts[#parts + 1] = string.sub(s.d, run_start, run_end)
+      run_start = nil
+    end
+    if stored.last[key] == i and ARGV[at + 2] ~= '' then
       count = count + 1
-      parts[count] = stored.members[i]
-    elseif ARGV[at + 2] ~= '' then
-      count = count + 1
-      parts[count] = ARGV[at + 1] .. ':' .. ARGV[at + 2]
+      parts[#parts + 1] = ARGV[at + 1] .. ':' .. ARGV[at + 2]
     end
   end
 end
+if run_start then parts[#parts + 1] = string.sub(s.d, run_start, run_end) end
 for i = FIRST, #ARGV, 3 do
-  if not last[ARGV[i]] and ARGV[i + 2] ~= '' then
+  if not stored.last[ARGV[i]] and ARGV[i + 2] ~= '' then
     count = count + 1
-    parts[count] = ARGV[i + 1] .. ':' .. ARGV[i + 2]
+    parts[#parts + 1] = ARGV[i + 1] .. ':' .. ARGV[i + 2]
   end
 end
 if count > max_keys then return redis.error_reply('TOO_MANY_KEYS ' .. count) end

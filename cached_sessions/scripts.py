@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError, TryAgainError
+from redis.exceptions import ClusterError, NoScriptError, RedisError, ResponseError, TryAgainError
 
 from .errors import NotDurableError
 from .keys import TEMPLATE_ORDER, Layout
@@ -58,9 +58,15 @@ def undeclared_keys(error: BaseException) -> list[str] | None:
 
 
 def _in_migration(error: BaseException) -> bool:
-    """A call that met a slot on the move: nothing was written, try again shortly."""
+    """A call that met a slot on the move: nothing was written, try again shortly.
+
+    TRYAGAIN, a read of a key that moved, or redis-py giving up after its own round of
+    redirections (ClusterError "TTL exhausted").
+    """
     if isinstance(error, TryAgainError):
         return True
+    if isinstance(error, ClusterError):
+        return "TTL exhausted" in str(error)
     return isinstance(error, ResponseError) and "non local key" in str(error)
 
 
@@ -157,7 +163,7 @@ class Scripts:
                 return await client.evalsha(script.sha, len(declared), *declared, *args)
             except NoScriptError:  # the server was restarted, flushed or newly promoted
                 await client.script_load(script.script)
-            except ResponseError as error:
+            except RedisError as error:
                 wanted = undeclared_keys(error)
                 if wanted is None and not _in_migration(error):
                     raise
@@ -203,7 +209,7 @@ class Scripts:
         retry = [
             i
             for i, result in enumerate(results)
-            if isinstance(result, ResponseError)
+            if isinstance(result, RedisError)
             and (undeclared_keys(result) is not None or _in_migration(result))
         ]
         if retry:

@@ -201,6 +201,45 @@ async def test_a_kill_no_replica_has_is_refused_as_durable_and_can_come_back(
         assert await eventually(lambda: plain.get(app=APP, token=token)) is not None
 
 
+# A slot caught half moved
+
+
+async def test_a_kill_waits_out_a_half_moved_slot_and_writes_nothing_partial(
+    healed_cluster: LocalCluster, namespace: str
+) -> None:
+    # The user's token set has moved to the new owner, the session has not. The kill
+    # reads the session, learns the user, and would update that set: on the wrong node
+    # if it ran now. It names the set (UNDECLARED), the server then sees its keys split
+    # and answers TRYAGAIN, and the kill waits, writing nothing, until the move ends.
+    cluster = healed_cluster
+    async with store(cluster, namespace, redis_timeout=30.0) as rs:
+        token = (await rs.create(app=APP, id="split", ip=IP))["token"]
+        other = (await rs.create(app=APP, id="split", ip=IP))["token"]
+        layout = rs.layout
+        assert isinstance(layout, ClusterLayout)
+        slot = layout.slot(layout.bucket_of_id("split"))
+        source = cluster.node_for_slot(slot)
+        target = next(p for p in cluster.primaries() if p != source)
+        migration = cluster.migrate_slot(slot, target, stop_after_keys=0)
+        tokens_key = layout.user_tokens(APP, "split")
+        migration.source.command("MIGRATE", "127.0.0.1", target, tokens_key, 0, 5000)
+        kill = asyncio.create_task(rs.kill(app=APP, token=token))
+        await asyncio.sleep(0.5)  # long enough to have run many times, were it allowed
+        assert not kill.done()
+        await asyncio.to_thread(migration.finish)
+        assert await kill == {"kill": 1}
+        async with store(cluster, namespace) as reader:
+            assert await reader.get(app=APP, token=token) is None
+            assert [s["id"] for s in (await reader.soid(app=APP, id="split"))["sessions"]] == [
+                "split"
+            ]
+        client = RedisCluster.from_url(cluster.url, decode_responses=True)
+        try:
+            assert await client.smembers(tokens_key) == {other}
+        finally:
+            await client.aclose()
+
+
 # HTTP traffic through a failover and a slot move
 
 
@@ -217,12 +256,18 @@ def build_app(rs: RedisSessions) -> web.Application:
         session["n"] = session.get("n", 0) + 1
         return web.json_response({"user": session.user_id})
 
+    async def login(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await session.upgrade(request.query["user"])
+        return web.json_response({"token": session.token})
+
     async def logout(request: web.Request) -> web.Response:
         await (await get_session(request)).destroy()
         return web.json_response({})
 
     app.router.add_get("/whoami", whoami)
     app.router.add_post("/bump", bump)
+    app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
     return app
 
@@ -328,6 +373,15 @@ async def test_a_live_slot_move_under_http_traffic(
                 status, _ = await _get(client, "/whoami", token)
                 if status != 200:
                     failures.append(f"whoami {status}")
+            # A login and a logout of a user of the moving bucket: create, kill.
+            response = await client.post("/login", params={"user": movers[0]})
+            if response.status != 200:
+                failures.append(f"login {response.status}")
+                continue
+            fresh = (await response.json())["token"]
+            response = await client.post("/logout", cookies={"sid": fresh})
+            if response.status != 200:
+                failures.append(f"logout {response.status}")
 
     tasks = [asyncio.create_task(traffic(client)) for client in workers]
 

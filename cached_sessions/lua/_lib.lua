@@ -131,6 +131,42 @@ local function reindex(app, token, old, new)
   end
 end
 
+-- On a cluster (L.strict) a script writes only keys it declared: while a slot
+-- migrates, the server checks the declared keys before the script runs (all here, or
+-- the caller is sent on), but a key built inside the script could sit on the other
+-- side of the move and be written on the wrong node. So a script first lists every
+-- key it will write (`need`); if some were not declared, it writes nothing and names
+-- them (`undeclared`), and the caller sends it again with them. Off a cluster both are
+-- free: one server holds everything.
+local DECLARED, WANTED, WANTED_SET = {}, {}, {}
+if L.strict then
+  for _, name in ipairs(KEYS) do DECLARED[name] = true end
+end
+
+local function need(name)
+  if L.strict and not DECLARED[name] and not WANTED_SET[name] then
+    WANTED_SET[name] = true
+    WANTED[#WANTED + 1] = name
+  end
+end
+
+-- The reply that names the keys still to declare, or nil when the script may write.
+local function undeclared()
+  if #WANTED == 0 then return nil end
+  return redis.error_reply('UNDECLARED ' .. cjson.encode(WANTED))
+end
+
+-- The keys `reindex` would write.
+local function need_reindex(app, token, old, new)
+  if not L.strict then return end
+  for field, raw in pairs(old) do
+    if new[field] ~= raw then need(fill(L.reference, app, token, '', field, raw)) end
+  end
+  for field, raw in pairs(new) do
+    if old[field] ~= raw then need(fill(L.reference, app, token, '', field, raw)) end
+  end
+end
+
 -- Members are split from the left: tokens and app names never hold ':', ids may.
 local function split_member(member)
   local at = string.find(member, ':', 1, true)
@@ -187,6 +223,27 @@ local function touch(app, token, s, now, field, value)
   redis.call('ZADD', fill(L.app_sessions, app), now, fill(L.app_member, app, token, s.id))
   redis.call('ZADD', fill(L.app_users, app), now, s.id)
   redis.call('ZADD', fill(L.expiry_index), now + s.left, fill(L.global_member, app, token, s.id))
+end
+
+-- The keys `touch` writes besides the session.
+local function need_touch(app)
+  if not L.strict then return end
+  need(fill(L.app_sessions, app))
+  need(fill(L.app_users, app))
+  need(fill(L.expiry_index))
+end
+
+-- The keys `remove_session` would write.
+local function need_removal(app, token, id)
+  if not L.strict then return end
+  local key = fill(L.session, app, token, id)
+  need(key)
+  need_touch(app)
+  need(fill(L.user_tokens, app, token, id))
+  if INDEXING then
+    local _, indexed = read_refs(key)
+    need_reindex(app, token, indexed, {})
+  end
 end
 
 -- Removes one session from every structure and tells every cache to drop it. Its cost

@@ -8,6 +8,9 @@ if not s then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
   return false
 end
+need_touch(app)
+local missing = undeclared()
+if missing then return missing end
 local out = reply(s)
 touch(app, token, s, now, 'r', s.r + 1)
 return out

@@ -35,23 +35,30 @@ local function verdict(key)
   return current == value and 'kill' or 'keep'
 end
 
-while seen < batch and spent < budget do
-  local token = redis.call('SPOP', KEYS[1])
-  if not token then break end
+-- First decide, writing nothing: each candidate's verdict, and the keys the removals
+-- will write (see `need`); then apply.
+local plan = {}
+for _, token in ipairs(redis.call('SRANDMEMBER', KEYS[1], batch)) do
+  if spent >= budget then break end
   seen = seen + 1
   spent = spent + SESSION_WORK
   local key = fill(L.session, app, token)
   local s = read_session(key, now, true)
   local action = s and verdict(key)
-  if action == 'later' then
-    redis.call('SADD', KEYS[1], token)
-    break
-  elseif action == 'kill' then
-    remove_session(app, token, s.id)
+  if action == 'later' then break end  -- stays in the set for a later call
+  local id = s and s.id or redis.call('HGET', key, 'id')  -- expired: clean up now
+  if id and (action == 'kill' or not s) then need_removal(app, token, id) end
+  plan[#plan + 1] = {token = token, id = id, action = action or 'expired'}
+end
+local missing = undeclared()
+if missing then return missing end
+for _, step in ipairs(plan) do
+  redis.call('SREM', KEYS[1], step.token)
+  if step.action == 'kill' then
+    remove_session(app, step.token, step.id)
     killed = killed + 1
-  elseif not s then
-    local id = redis.call('HGET', key, 'id')
-    if id then remove_session(app, token, id) end  -- expired: clean up now
+  elseif step.action == 'expired' and step.id then
+    remove_session(app, step.token, step.id)
   end
 end
 return {killed, redis.call('SCARD', KEYS[1]) > 0 and 1 or 0}

@@ -8,6 +8,12 @@ local members = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
 local killed = 0
 for _, member in ipairs(members) do
   local token, id = split_member(member)
+  if token then need_removal(app, token, id) end
+end
+local missing = undeclared()
+if missing then return missing end
+for _, member in ipairs(members) do
+  local token, id = split_member(member)
   if token then
     if read_session(fill(L.session, app, token, id), now, true) then killed = killed + 1 end
     remove_session(app, token, id)

@@ -57,16 +57,10 @@ local merged = ''
 if count > 0 then merged = '{' .. table.concat(parts, ',') .. '}' end
 if #merged > max_bytes then return redis.error_reply('DATA_TOO_LARGE ' .. #merged) end
 
-s.w = redis.call('HINCRBY', KEYS[1], 'w', 1)
-if merged == '' then
-  redis.call('HDEL', KEYS[1], 'd')
-else
-  redis.call('HSET', KEYS[1], 'd', merged)
-end
-s.d = merged
+-- The new reference values come from the stored members and the changes: no second
+-- parse. Every key this call writes is known from here on.
+local values, indexed = {}, {}
 if INDEXING then
-  -- The new values come from the stored members and the changes: no second parse.
-  local values = {}
   for field in pairs(L.references) do
     local at = patch[field]
     if not at then
@@ -75,7 +69,21 @@ if INDEXING then
       values[field] = ARGV[at + 2]
     end
   end
-  local _, indexed = read_refs(KEYS[1])
+  indexed = select(2, read_refs(KEYS[1]))
+  need_reindex(app, token, indexed, values)
+end
+need_touch(app)
+local missing = undeclared()
+if missing then return missing end
+
+s.w = redis.call('HINCRBY', KEYS[1], 'w', 1)
+if merged == '' then
+  redis.call('HDEL', KEYS[1], 'd')
+else
+  redis.call('HSET', KEYS[1], 'd', merged)
+end
+s.d = merged
+if INDEXING then
   reindex(app, token, indexed, values)
   write_refs(KEYS[1], merged, values)
 end

@@ -12,6 +12,16 @@ for _, member in ipairs(members) do
   local app, rest = split_member(member)
   local token, id = nil, nil
   if app then token, id = split_member(rest) end
+  if token and not read_session(fill(L.session, app, token, id), now, true) then
+    need_removal(app, token, id)
+  end
+end
+local missing = undeclared()
+if missing then return missing end
+for _, member in ipairs(members) do
+  local app, rest = split_member(member)
+  local token, id = nil, nil
+  if app then token, id = split_member(rest) end
   if not token then
     redis.call('ZREM', KEYS[1], member)
   else

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from cached_sessions import EmbeddedServer, RedisSessions, SessionsError
 
-from . import Session, get_session, get_store, setup_sessions
+from . import get_session, get_store, setup_sessions
 
 log = logging.getLogger("aiohttp_ext.demo")
 
@@ -52,34 +52,29 @@ def _page(request: web.Request, body: str, status: int = 200) -> web.Response:
     return web.Response(text=text, content_type="text/html", status=status)
 
 
-def _csrf_field(token: str) -> str:
-    return f'<input type="hidden" name="csrf_token" value="{html.escape(token)}">'
-
-
-async def _login_form(session: Session, error: str = "") -> str:
+def _login_form(error: str = "") -> str:
     message = f'<p class="error" id="error">{html.escape(error)}</p>' if error else ""
     return f"""<p id="who">Not logged in.</p>{message}
 <form method="post" action="/login"><label>Name <input name="user" id="user" required></label>
-{_csrf_field(await session.csrf_token())}<button id="login">Log in</button></form>"""
+<button id="login">Log in</button></form>"""
 
 
 async def index(request: web.Request) -> web.Response:
     session = await get_session(request)
     if session.user_id is None:
-        return _page(request, await _login_form(session))
+        return _page(request, _login_form())
     session["visits"] = int(session.get("visits", 0)) + 1
     rows = "".join(
         f"<tr><td>{html.escape(s['ip'])}</td><td>{s['r']}</td><td>{s['idle']} s</td></tr>"
         for s in await session.soid()
     )
     name = html.escape(session.user_id)
-    csrf = _csrf_field(await session.csrf_token())
     body = f"""<p id="who">Logged in as <strong id="user-id">{name}</strong>.
 This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
 <h2>Your sessions</h2>
 <table id="sessions"><tr><th>ip</th><th>reads</th><th>idle</th></tr>{rows}</table>
-<form method="post" action="/logout">{csrf}<button id="logout">Log out</button></form>
-<form method="post" action="/logout-everywhere">{csrf}<button id="logout-everywhere">
+<form method="post" action="/logout"><button id="logout">Log out</button></form>
+<form method="post" action="/logout-everywhere"><button id="logout-everywhere">
 Log out everywhere</button></form>"""
     return _page(request, body)
 
@@ -91,8 +86,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     try:
         await session.upgrade(user)
     except SessionsError as error:
-        again = await _login_form(session, f"That name cannot be used: {error}.")
-        return _page(request, again, status=400)
+        return _page(request, _login_form(f"That name cannot be used: {error}."), status=400)
     raise web.HTTPSeeOther("/")
 
 
@@ -135,10 +129,8 @@ def make_app(redis_url: str, worker: int, *, cachetime: float = 30) -> web.Appli
     app = web.Application()
     app[WORKER_KEY] = worker
     store = RedisSessions(url=redis_url, cachetime=cachetime)
-    # The demo serves plain HTTP on loopback, so its cookies cannot be Secure and keep
-    # plain names (sid, csrf). Behind TLS, leave secure=True: they become __Host-sid and
-    # __Host-csrf, which no other subdomain can set. Every form carries a CSRF token.
-    setup_sessions(app, store, app_name=APP_NAME, secure=False, csrf=True)
+    # The demo serves plain HTTP on loopback; behind TLS, leave secure=True.
+    setup_sessions(app, store, app_name=APP_NAME, secure=False)
     app.router.add_get("/", index)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

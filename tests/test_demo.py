@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import html
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -77,36 +75,13 @@ def demo(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Ite
         assert process.returncode == 0, log_path.read_text(errors="replace")
 
 
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]*)"')
-
-
-def form_token(base: str, cookie: str = "") -> tuple[str, str]:
-    """The cookies a form needs and its CSRF token, as a browser gets them from a page.
-
-    An anonymous page sets the `csrf` cookie that its token is made with; a logged-in
-    page's token is made with the session, and needs no other cookie.
-    """
-    _, headers, body = call(base, "/", cookie=cookie)
-    match = CSRF_FIELD.search(body.decode())
-    assert match, body[:300]
-    if "Set-Cookie" in headers:
-        cookie = "; ".join(filter(None, [cookie, headers["Set-Cookie"].split(";")[0]]))
-    return cookie, html.unescape(match.group(1))
-
-
-def log_in(base: str, user: str) -> tuple[int, dict[str, str], bytes]:
-    cookie, token = form_token(base)
-    return call(base, "/login", cookie=cookie, form={"user": user, "csrf_token": token})
-
-
 def me(base: str, cookie: str) -> dict[str, object]:
     result: dict[str, object] = json.loads(call(base, "/api/me", cookie=cookie)[2])
     return result
 
 
 def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None:
-    assert call(demo, "/login", form={"user": "alice"})[0] == 403  # no CSRF token
-    status, headers, _ = log_in(demo, "alice")
+    status, headers, _ = call(demo, "/login", form={"user": "alice"})
     assert status == 303
     cookie = headers["Set-Cookie"].split(";")[0]
     workers: dict[int, object] = {}
@@ -116,9 +91,7 @@ def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None
         if len(workers) == 2:
             break
     assert workers == {1: "alice", 2: "alice"}
-    assert call(demo, "/logout-everywhere", cookie=cookie, form={})[0] == 403
-    _, token = form_token(demo, cookie)
-    status, headers, _ = call(demo, "/logout-everywhere", cookie=cookie, form={"csrf_token": token})
+    status, headers, _ = call(demo, "/logout-everywhere", cookie=cookie, form={})
     assert status == 303
     refused: set[int] = set()
     for _ in range(200):
@@ -131,7 +104,7 @@ def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None
 
 
 def test_the_page_shows_worker_user_counter_and_sessions(demo: str) -> None:
-    _, headers, _ = log_in(demo, "bob <b>")
+    _, headers, _ = call(demo, "/login", form={"user": "bob <b>"})
     cookie = headers["Set-Cookie"].split(";")[0]
     first = call(demo, "/", cookie=cookie)[2].decode()
     second = call(demo, "/", cookie=cookie)[2].decode()
@@ -142,7 +115,7 @@ def test_the_page_shows_worker_user_counter_and_sessions(demo: str) -> None:
 
 
 def test_bad_input_gets_a_clear_page_not_a_500(demo: str) -> None:
-    status, _, body = log_in(demo, "x" * 500)
+    status, _, body = call(demo, "/login", form={"user": "x" * 500})
     assert status == 400 and b"cannot be used" in body
     status, _, _ = call(demo, "/", cookie="sid=" + "%" * 70)
     assert status == 200

@@ -1,9 +1,13 @@
-"""The session cookie: what it carries and the attributes it is sent with.
+"""The session cookie: its name, what it carries, its attributes, how it is read.
 
 The value is the token, optionally followed by `~<issue time>` (when `renew` needs to
 know the cookie's age), the whole optionally signed (`.<HMAC>`, see signing.py). Both
 forms are always read, so turning `renew` or `secrets` on logs nobody out... except
 that with `secrets`, unsigned cookies are refused, which is the point of signing.
+
+Names default to the `__Host-` prefix where the attributes allow it (a cookie no other
+subdomain can set). The Cookie header is read for one name, every copy of it, in one
+pass, as aiohttp's parser reads it, and not at all past MAX_COOKIE_PAIRS pairs.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ __all__ = ["TokenSigner"]
 
 MIN_SECRET_BYTES = 32
 MIN_SECRET_BITS = 64  # a random 32-character hex string shows 85 or more
+MAX_PATTERN = 64  # the longest repeated pattern looked for (bytes)
 HOW_TO_MAKE_ONE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
@@ -35,7 +36,8 @@ def _weakness(key: bytes) -> str | None:
     32 equal bytes are 32 bytes long."""
     if _spread_bits(key) < MIN_SECRET_BITS:
         return "it uses too few different bytes"
-    if any(key[period:] == key[:-period] for period in range(1, len(key) // 2 + 1)):
+    periods = range(1, min(len(key) // 2, MAX_PATTERN) + 1)
+    if any(key[period:] == key[:-period] for period in periods):
         return "it repeats a shorter pattern"
     steps = Counter((b - a) % 256 for a, b in pairwise(key))
     if 4 * steps.most_common(1)[0][1] >= 3 * (len(key) - 1):

@@ -133,7 +133,8 @@ def trusted_origins(origins: Iterable[object]) -> frozenset[Origin]:
 def _own_origins(request: web.BaseRequest) -> set[Origin]:
     """This site's origin as the request names it. `https` is always one: behind a
     proxy that ends TLS the request arrives as http, and only this site can answer for
-    its host over https; an http page of the host is not trusted on an https site."""
+    its host over https. An http page of the host is trusted only when the request
+    itself came over http (as aiohttp sees it)."""
     match = _HOST.fullmatch(request.host.lower())
     if match is None:
         return set()

@@ -129,7 +129,9 @@ def make_app(redis_url: str, worker: int, *, cachetime: float = 30) -> web.Appli
     app = web.Application()
     app[WORKER_KEY] = worker
     store = RedisSessions(url=redis_url, cachetime=cachetime)
-    # The demo serves plain HTTP on loopback; behind TLS, leave secure=True.
+    # The demo serves plain HTTP on loopback, so its cookie cannot be Secure and keeps
+    # a plain name (sid). Behind TLS, leave secure=True: it becomes __Host-sid, which no
+    # other subdomain can set. A real app also wants csrf=True (and tokens in its forms).
     setup_sessions(app, store, app_name=APP_NAME, secure=False)
     app.router.add_get("/", index)
     app.router.add_post("/login", login)

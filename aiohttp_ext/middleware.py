@@ -1,11 +1,16 @@
 """Sessions for aiohttp: `setup_sessions(app, store, ...)` and `get_session(request)`.
 
 The token travels in a cookie (optionally signed) or, for API clients, in an
-`Authorization: Bearer` header. The session is loaded on the first
+`Authorization: Bearer` header; a request that authenticated with a bearer token is
+never sent a session cookie. The session is loaded on the first
 `get_session(request)`; its changes are written once, before the response headers go
 out, for every kind of response: returned, streamed, a file, a WebSocket, or an
 `HTTPException` raised by the handler (a redirect after login). Tokens the store did
-not issue, or can no longer find, give an anonymous session and clear the cookie.
+not issue, or can no longer find, give an anonymous session and clear the cookie. A
+Cookie header that carries the session cookie twice (a copy planted by a sibling
+subdomain, say) or holds more than MAX_COOKIE_PAIRS pairs gives an anonymous session
+too, without clearing anything: neither copy can be trusted, and clearing would delete
+the one this site set while the planted one stays.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +35,16 @@ from cached_sessions.model import FOUND
 from cached_sessions.validation import validate_app, validate_ttl
 
 from . import csrf
-from .cookies import CookiePolicy, PresentedToken, request_cookie
+from .cookies import (
+    MAX_COOKIE_PAIRS,
+    CookiePolicy,
+    TooManyCookies,
+    check_cookie_name,
+    cookie_values,
+    default_cookie_names,
+)
+from .csrf import Origin
+from .csrf import trusted_origins as checked_origins
 from .errors import SessionStoreUnavailable
 from .events import SessionEvent, SessionEvents, hint
 from .session import Session
@@ -59,7 +72,6 @@ OnUnavailable = Literal["error", "anonymous"] | ErrorHandler
 
 UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 RETRY_AFTER_SECONDS = 1
-_COOKIE_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # an RFC 6265 token
 RETRY_PAUSE = 0.1
 
 
@@ -75,6 +87,7 @@ class SessionConfig:
     rolling: bool
     csrf: bool
     csrf_cookie_name: str
+    trusted_origins: frozenset[Origin]
     valid: ValidHook | None
     before_save: BeforeSaveHook | None
     events: SessionEvents
@@ -98,7 +111,7 @@ class RequestState:
 
     __slots__ = (
         "__weakref__", "_app", "_cookie", "_csrf_key", "_csrf_key_new", "_request",
-        "committed", "config", "presented", "session", "via_bearer",
+        "bearer_session", "committed", "config", "presented", "session", "via_bearer",
     )  # fmt: skip
 
     def __init__(self, config: SessionConfig, request: web.Request) -> None:
@@ -107,6 +120,7 @@ class RequestState:
         self.session: Session | None = None
         self.presented = False  # the request carried a session cookie
         self.via_bearer = False  # the request carried an Authorization: Bearer token
+        self.bearer_session = False  # ... and it was valid and found a live session
         self.committed = False
         self._app: str | None = None
         # None: leave the cookie alone; "": clear it; else: the token to set it to.
@@ -141,7 +155,10 @@ class RequestState:
         return (self.request.remote or "unknown")[:39]
 
     def set_cookie(self, token: str) -> None:
-        self._cookie = token
+        # A bearer client keeps its token itself: a cookie would turn a credential that
+        # is sent only on purpose into one the browser sends on every request.
+        if not self.bearer_session:
+            self._cookie = token
 
     def clear_cookie(self) -> None:
         self._cookie = "" if self.presented or self._cookie else None
@@ -166,12 +183,21 @@ class RequestState:
         return None if self._csrf_key is None else f"anonymous:{self._csrf_key}"
 
     def _presented_csrf_key(self) -> str | None:
-        value = self.request.cookies.get(self.config.csrf_cookie_name)
+        """The anonymous key of the CSRF cookie, if there is exactly one, verified and
+        not expired (two copies: one was planted, and which is unknowable)."""
+        header = self.request.headers.get(hdrs.COOKIE)
+        try:
+            values = cookie_values(header, self.config.csrf_cookie_name)
+        except TooManyCookies:
+            return None
+        if len(values) != 1:
+            return None
+        payload: str | None = values[0]
         signer = self.config.cookie.signer
-        if not value or signer is None:
-            return value or None
-        verified = signer.verify(value)
-        return verified[0] if verified else None
+        if signer is not None:
+            verified = signer.verify(values[0])
+            payload = verified[0] if verified else None
+        return csrf.anonymous_key(payload, time.time()) if payload else None
 
     def owes_commit(self) -> bool:
         """Whether the response must carry a save or a cookie (most reads owe none)."""
@@ -189,29 +215,33 @@ class RequestState:
             value = policy.value(self._cookie, time.time()) if self._cookie else None
             headers.append(policy.header(value))
         if self._csrf_key_new and self._csrf_key is not None:
-            signer = policy.signer
-            value = signer.sign(self._csrf_key) if signer else self._csrf_key
-            headers.append(policy.header(value, self.config.csrf_cookie_name))
+            payload = csrf.anonymous_key_cookie(self._csrf_key, time.time())
+            value = policy.signer.sign(payload) if policy.signer else payload
+            name, lifetime = self.config.csrf_cookie_name, csrf.ANONYMOUS_KEY_LIFETIME
+            headers.append(policy.header(value, name, max_age=lifetime))
         return headers
 
 
 STATE_KEY: Final = web.RequestKey("cached_sessions.request_state", RequestState)
 
 
-def _presented(state: RequestState) -> tuple[PresentedToken | None, bool]:
-    """The token the request carries, and whether it carried anything at all."""
+def _credential(state: RequestState) -> tuple[str | None, str | None]:
+    """The credential the request carries (a bearer token first, else the session
+    cookie), or why its Cookie header cannot be trusted to name one."""
     config, request = state.config, state.request
-    value: str | None = None
     if config.bearer:
         scheme, _, credentials = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
-            value, state.via_bearer = credentials.strip(), True
-    if value is None:
-        value = request_cookie(request, config.cookie.name)
-        state.presented = value is not None
-    if not value:
-        return None, False
-    return config.cookie.read(value), True
+            state.via_bearer = True
+            return credentials.strip(), None
+    try:
+        values = cookie_values(request.headers.get(hdrs.COOKIE), config.cookie.name)
+    except TooManyCookies:
+        return None, f"Cookie header with more than {MAX_COOKIE_PAIRS} pairs"
+    if len(values) > 1:
+        return None, f"session cookie sent {len(values)} times (a planted copy?)"
+    state.presented = bool(values)
+    return (values[0] if values else None), None
 
 
 async def _lookup(state: RequestState, token: str) -> tuple[SessionDict | None, str]:
@@ -229,12 +259,17 @@ async def _lookup(state: RequestState, token: str) -> tuple[SessionDict | None, 
 
 
 async def _load(state: RequestState) -> Session:
-    presented, carried = _presented(state)
+    value, distrust = _credential(state)
+    if distrust is not None:
+        await state.emit("invalid", distrust, None)
+        return Session(state, None, None)
+    if not value:
+        return Session(state, None, None)
+    presented = state.config.cookie.read(value)
     if presented is None:
-        if carried:
-            # Forged, tampered or malformed: no Redis call is spent on it.
-            state.clear_cookie()
-            await state.emit("invalid", "bad format or signature", None)
+        # Forged, tampered or malformed: no Redis call is spent on it.
+        state.clear_cookie()
+        await state.emit("invalid", "bad format or signature", None)
         return Session(state, None, None)
     token = presented.token
     # A cache hit needs no await; only a miss pays for the coroutines below.
@@ -261,6 +296,7 @@ async def _load(state: RequestState) -> Session:
         state.clear_cookie()
         await state.emit("invalid", "refused by the valid() hook", token, session.user_id)
         return Session(state, None, None)
+    state.bearer_session = state.via_bearer
     if config.rolling or not presented.current_signature or config.cookie.needs_renewal(presented):
         state.set_cookie(token)
     return session
@@ -309,14 +345,28 @@ async def _unavailable(request: web.Request, error: Exception) -> web.StreamResp
     )
 
 
-async def _csrf_refusal(state: RequestState) -> web.Response | None:
+async def _csrf_refusal(state: RequestState) -> web.StreamResponse | None:
+    """None if this unsafe request may go on, else the answer that refuses it."""
     request = state.request
     session = await get_session(request)
-    if state.via_bearer:
-        return None  # no ambient credential: a cross-site page cannot send this header
+    if state.bearer_session:
+        return None  # authenticated by a header that a cross-site page cannot send
+    why = csrf.cross_origin(request, state.config.trusted_origins)
+    if why is not None:
+        return web.Response(status=403, text=f"Cross-site request refused: {why}.\n")
     token: object = request.headers.get(csrf.HEADER)
     if token is None and request.content_type in csrf.FORM_TYPES:
-        token = (await request.post()).get(csrf.FORM_FIELD)
+        try:
+            token = (await request.post()).get(csrf.FORM_FIELD)
+        except web.HTTPException:
+            raise  # too large (413): aiohttp's own answer
+        except Exception as error:  # the client's body, as aiohttp parses it: bad input
+            return web.Response(
+                status=400,
+                text=f"The form body could not be read ({type(error).__name__}: "
+                f"{str(error)[:100]}); send a well-formed form, or the CSRF token in the "
+                f"{csrf.HEADER} header.\n",
+            )
     if await session.verify_csrf(token):
         return None
     return web.Response(
@@ -337,7 +387,7 @@ def _session_middleware(config: SessionConfig) -> Middleware:
         request[STATE_KEY] = state
         try:
             refusal = None
-            if checks_csrf and request.method in csrf.UNSAFE_METHODS:
+            if checks_csrf and request.method not in csrf.SAFE_METHODS:
                 refusal = await _csrf_refusal(state)
             response = refusal if refusal is not None else await handler(request)
             if not state.committed and not response.prepared:
@@ -376,12 +426,29 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         raise
 
 
+def _cookie_names(
+    session: str | None, anti_forgery: str | None, *, secure: bool, domain: str | None, path: str
+) -> tuple[str, str]:
+    """The two cookie names, defaulted and checked against what browsers accept."""
+    default_session, default_csrf = default_cookie_names(secure, domain, path)
+    session = default_session if session is None else session
+    anti_forgery = default_csrf if anti_forgery is None else anti_forgery
+    check_cookie_name("cookie_name", session, secure, domain, path)
+    check_cookie_name("csrf_cookie_name", anti_forgery, secure, domain, path)
+    if session == anti_forgery:
+        raise ValueError(
+            f"cookie_name and csrf_cookie_name are both {session!r}: give them different "
+            "names (each would overwrite the other)"
+        )
+    return session, anti_forgery
+
+
 def setup_sessions(
     app: web.Application,
     store: RedisSessions,
     *,
     app_name: AppName,
-    cookie_name: str = "sid",
+    cookie_name: str | None = None,
     secure: bool = True,
     httponly: bool = True,
     samesite: str | None = "Lax",
@@ -396,12 +463,17 @@ def setup_sessions(
     rolling: bool = False,
     renew: bool = False,
     csrf: bool = False,
-    csrf_cookie_name: str = "csrf",
+    csrf_cookie_name: str | None = None,
+    trusted_origins: Sequence[str] = (),
     valid: ValidHook | None = None,
     before_save: BeforeSaveHook | None = None,
     references: Sequence[str] = (),
 ) -> SessionEvents:
-    """Install the middleware, tie the store's lifetime to the app's; returns its events."""
+    """Install the middleware, tie the store's lifetime to the app's; returns its events.
+
+    Cookie names default to `__Host-sid` and `__Host-csrf` (with `secure` and no
+    `domain`), which no sibling subdomain can plant; see `default_cookie_names`.
+    """
     if isinstance(app_name, str):
         validate_app(app_name)
     elif not callable(app_name):
@@ -412,12 +484,16 @@ def setup_sessions(
         raise ValueError('samesite must be "Strict", "Lax", "None" or None')
     if samesite == "None" and not secure:
         raise ValueError('samesite="None" needs secure=True: browsers refuse it otherwise')
-    for what, name in (("cookie_name", cookie_name), ("csrf_cookie_name", csrf_cookie_name)):
-        if not isinstance(name, str) or _COOKIE_NAME.fullmatch(name) is None:
-            raise ValueError(f"{what} must be a cookie name (letters, digits, !#$%&'*+-.^_`|~)")
     for what, attribute in (("path", path), ("domain", domain)):
         if attribute is not None and (";" in attribute or not attribute.isprintable()):
             raise ValueError(f"{what} must not hold ';' or control characters: {attribute!r}")
+    domain = domain or None  # "" sets no Domain attribute either
+    cookie_name, csrf_cookie_name = _cookie_names(
+        cookie_name, csrf_cookie_name, secure=secure, domain=domain, path=path
+    )
+    if trusted_origins and not csrf:
+        raise ValueError("trusted_origins is used only with csrf=True: turn csrf on or drop it")
+    origins = checked_origins(trusted_origins)  # the argument `csrf` hides the module
     if max_age is not None and (not isinstance(max_age, int) or max_age < 0):
         raise ValueError("max_age must be None (a browser-session cookie) or seconds >= 0")
     if renew and max_age is None:
@@ -449,6 +525,7 @@ def setup_sessions(
         rolling=rolling,
         csrf=csrf,
         csrf_cookie_name=csrf_cookie_name,
+        trusted_origins=origins,
         valid=valid,
         before_save=before_save,
         events=events,

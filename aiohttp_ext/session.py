@@ -13,7 +13,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 from cached_sessions import SessionDict
-from cached_sessions.validation import validate_data_item
+from cached_sessions.validation import dump_value, validate_data_item
 
 from . import csrf
 from .errors import AnonymousSessionError, SessionStoreUnavailable
@@ -217,13 +217,18 @@ class Session(MutableMapping[str, Any]):
     async def kill_by(self, field: str, value: str | int | float | bool) -> int:
         """Kill every session whose data holds `field` = `value` (a `references` key).
 
-        This session too, when it holds that value: it is anonymous afterwards.
+        This session too, when it holds that value: it is anonymous afterwards. "Holds"
+        is decided as the store decides, on the stored JSON text: `True` is not `1`, and
+        `1` is not `1.0`, though Python finds them equal.
         """
         state = self._state
         killed = (await state.store.kill_by(app=state.app, field=field, value=value))["kill"]
-        if self._stored is not None and self._data.get(field) == value:
+        if self._stored is not None and self._holds(field, value):
             await self._ended(f"kill_by {field}")
         return killed
+
+    def _holds(self, field: str, value: str | int | float | bool) -> bool:
+        return field in self._data and dump_value(self._data[field]) == dump_value(value)
 
     async def csrf_token(self) -> str:
         """A CSRF token for this session: put it in forms or the X-CSRF-Token header."""

@@ -3,18 +3,29 @@
 The middleware reads its one cookie without aiohttp's full parse (which builds a
 Morsel per cookie and costs more than the rest of a cache hit under load). These
 properties hold it to aiohttp's own reading: the same value, or the same absence,
-for browser-shaped headers (the fast path) and for anything else (the fallback).
+for browser-shaped headers (the fast path) and for anything else (the scanner), and
+every copy of a repeated cookie, in order (aiohttp's parser, before its dict keeps the
+last one). The scanner's work is bounded by counting the pairs it reads.
 """
 
 from __future__ import annotations
 
 import string
 
+import pytest
+from aiohttp._cookie_helpers import parse_cookie_header
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aiohttp_ext.cookies import _PLAIN_HEADER, request_cookie
+from aiohttp_ext.cookies import (
+    _PLAIN_HEADER,
+    MAX_COOKIE_PAIRS,
+    CookieScanner,
+    TooManyCookies,
+    cookie_values,
+    request_cookie,
+)
 
 NAME = "sid"
 TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
@@ -87,3 +98,50 @@ def test_no_header_and_other_names() -> None:
     assert ours("other=1") is None
     assert ours("sidx=1; xsid=2") is None
     assert ours("sidx=1; sid=2", "sidx") == "1"
+
+
+def aiohttp_copies(header: str, name: str = NAME) -> list[str]:
+    return [morsel.value for key, morsel in parse_cookie_header(header) if key == name]
+
+
+@SETTINGS
+@given(header=st.lists(st.one_of(tricky, any_text, st.just("; sid=1")), max_size=60).map("".join))
+@example(header='sid=1; sid="2"')
+@example(header="sid; sid=")
+@example(header='x="; sid=1"; sid=2')  # the first `sid` is inside a quoted value
+@example(header="sid=Mon, 01 Jan 2024 00:00:00 GMT; sid=Wed Jun  9 10:18:14 2021")
+def test_every_copy_of_a_repeated_cookie_reads_like_aiohttp(header: str) -> None:
+    assert cookie_values(header, NAME) == aiohttp_copies(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "; ".join(f"c{i}=v" for i in range(1900)) + "; sid=x",  # plain: split at `;`
+        '"; ' + "; ".join("a=b" for _ in range(1900)) + "; sid=x",  # 1,900 tiny cookies
+        "sid=1 " + "a=1 " * 2000,  # pairs ended by blanks
+        "sid" + ';"a' * 2700,  # no `=` anywhere (aiohttp searches for one at each pair)
+    ],
+)
+def test_past_the_pair_bound_the_reading_gives_up(header: str) -> None:
+    with pytest.raises(TooManyCookies):
+        cookie_values(header, NAME)
+    if _PLAIN_HEADER.fullmatch(header) is None:
+        scanner = CookieScanner(header, NAME)
+        with pytest.raises(TooManyCookies):
+            scanner.values()
+        assert scanner.pairs == MAX_COOKIE_PAIRS + 1  # it stopped there
+
+
+def test_up_to_the_pair_bound_every_pair_is_read() -> None:
+    pairs = [f"c{i}=v" for i in range(MAX_COOKIE_PAIRS - 1)]
+    for header in ("; ".join([*pairs, "sid=x"]), "; ".join(['q="v"', *pairs[1:], "sid=x"])):
+        assert cookie_values(header, NAME) == aiohttp_copies(header) == ["x"]
+
+
+def test_a_long_quoted_value_is_one_pair() -> None:
+    escaped = 'c\\"' * 10  # escaped quotes inside a quoted value
+    header = "sid=" + "a" * 64 + '; x="' + "b" * 7400 + '"; y="' + escaped + '"'
+    scanner = CookieScanner(header, NAME)
+    assert scanner.values() == aiohttp_copies(header) == ["a" * 64]
+    assert scanner.pairs == 3

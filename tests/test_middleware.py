@@ -351,7 +351,7 @@ async def test_store_helpers_from_a_handler(make_client: MakeClient) -> None:
 async def test_cookie_attributes_default_to_safe_values(make_client: MakeClient) -> None:
     client = await make_client(secure=True)
     response = await client.post("/login")
-    cookie = set_cookies(response)["sid"]
+    cookie = set_cookies(response)["__Host-sid"]
     assert cookie["httponly"] is True
     assert cookie["secure"] is True
     assert cookie["samesite"] == "Lax"
@@ -396,8 +396,8 @@ async def test_bearer_tokens_work_for_api_clients(make_client: MakeClient) -> No
     assert me["user"] is None
 
 
-SECRET_OLD = "o" * 32
-SECRET_NEW = "n" * 32
+SECRET_OLD = "pG4tW9zL-an-older-test-secret-7cVx2QmR"
+SECRET_NEW = "Hk3sN8yB-the-newer-test-secret-5jDf1XaE"
 
 
 async def test_signed_cookies_verify_rotate_and_refuse_forgeries(make_client: MakeClient) -> None:

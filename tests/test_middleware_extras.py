@@ -19,7 +19,7 @@ from tests.servers import ServerProcess
 
 APP = "shop"
 Client = TestClient[web.Request, web.Application]
-SECRET = "s" * 32
+SECRET = "Xq7vR2mK9-extras-test-secret-b4Nw8LpT3"
 
 
 async def me(request: web.Request) -> web.Response:
@@ -163,16 +163,31 @@ async def test_csrf_token_rules(make_client: MakeClient) -> None:
     ).status == 403
 
 
+async def login_through_the_form(client: Client, user: str = "alice") -> dict[str, str]:
+    """Log in as a browser does under csrf=True: the form's token and its cookie."""
+    form = await client.get("/token")
+    cookie = set_cookies(form)["csrf"].value
+    response = await client.post(
+        "/login",
+        params={"user": user},
+        data={"csrf_token": (await form.json())["csrf"]},
+        headers={"Cookie": f"csrf={cookie}"},
+    )
+    assert response.status == 200, await response.text()
+    login: dict[str, str] = await response.json()
+    return login
+
+
 async def test_csrf_tokens_die_with_their_session(make_client: MakeClient) -> None:
     client, _ = await make_client(csrf=True, bearer=True)
-    login = await (await client.post("/login", headers={"Authorization": "Bearer none"})).json()
+    login = await login_through_the_form(client)
     token, csrf_token = login["token"], login["csrf"]
     header = {**sid(token), "X-CSRF-Token": csrf_token}
     assert (await client.post("/logout", headers=header)).status == 200
     # Logged out: the old token and its CSRF token are worthless.
     assert (await client.post("/me", headers=header)).status == 403
     # An upgrade (new login) on a session issues a new token: the old CSRF token dies.
-    login = await (await client.post("/login", headers={"Authorization": "Bearer none"})).json()
+    login = await login_through_the_form(client)
     header = {**sid(login["token"]), "X-CSRF-Token": login["csrf"]}
     upgraded = await client.post("/login", headers=header)
     assert upgraded.status == 200
@@ -184,9 +199,7 @@ async def test_csrf_tokens_die_with_their_session(make_client: MakeClient) -> No
 
 async def test_bearer_requests_are_exempt_from_csrf(make_client: MakeClient) -> None:
     client, _ = await make_client(csrf=True)
-    login = await client.post("/login", headers={"Authorization": "Bearer nobody"})
-    assert login.status == 200
-    token = (await login.json())["token"]
+    token = (await login_through_the_form(client))["token"]
     response = await client.post("/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status == 200 and (await response.json())["user"] == "alice"
 

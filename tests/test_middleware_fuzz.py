@@ -10,10 +10,14 @@ the middleware:
   is a live token (correctly signed with a configured secret, in the signed app), and
   nobody otherwise;
 * a session cookie that was presented and not accepted is cleared (`Max-Age=0`);
-  a valid cookie signed with an older secret is signed again; otherwise no cookie.
+  a valid cookie signed with an older secret is signed again; otherwise no cookie
+  (a bearer token is never answered with a cookie).
 
 The credential is the `Authorization: Bearer` value when there is a non-empty one,
-else the `sid` cookie (the last one wins when the header repeats it).
+else the `sid` cookie. A header that carries `sid` more than once (as aiohttp's
+parser reads it) names nobody: one copy may have been planted, so the request is
+anonymous and nothing is cleared. So is a header of more than MAX_COOKIE_PAIRS pairs;
+the model counts the characters that can end a pair, and predicts exactly below that.
 
 Forged and malformed tokens must also cost nothing: `INFO commandstats` on the
 server shows that they send no command at all to Redis (invariant 6 of the design).
@@ -35,7 +39,8 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
-from aiohttp import DummyCookieJar, web
+from aiohttp import DummyCookieJar, hdrs, web
+from aiohttp._cookie_helpers import parse_cookie_header
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -43,6 +48,7 @@ from hypothesis.control import currently_in_test_context
 from redis.asyncio import Redis
 
 from aiohttp_ext import get_session, setup_sessions
+from aiohttp_ext.cookies import MAX_COOKIE_PAIRS
 from cached_sessions import RedisSessions
 from tests.servers import ServerProcess
 
@@ -81,8 +87,15 @@ async def whoami(request: web.Request) -> web.Response:
         {
             "user": session.user_id,
             "unavailable": session.unavailable,
-            # What aiohttp handed the app, for the inputs whose reading is ambiguous.
+            # What aiohttp handed the app, for the inputs whose reading is ambiguous:
+            # the last `sid`, every `sid` (aiohttp's own parser), and the header.
             "seen_sid": request.cookies.get("sid"),
+            "seen_sids": [
+                morsel.value
+                for name, morsel in parse_cookie_header(request.headers.get(hdrs.COOKIE, ""))
+                if name == "sid"
+            ],
+            "cookie_header": request.headers.get(hdrs.COOKIE),
         }
     )
 
@@ -167,14 +180,27 @@ class Env:
         return user, current if user is not None else True
 
 
-def credential(auth: str | None, sid: str | None) -> tuple[str, str | None]:
-    """Which credential the request carries: ("bearer", value) or ("cookie", sid)."""
+def credential(auth: str | None, sids: list[str]) -> tuple[str, str | None]:
+    """Which credential the request carries: ("bearer", value), ("cookie", sid), or
+    ("repeated", None) when the Cookie header carries `sid` more than once."""
     if auth is not None:
         value = auth.strip(" \t")  # HTTP drops the whitespace around a field value
         scheme, _, rest = value.partition(" ")
         if scheme.lower() == "bearer" and rest.strip():
             return "bearer", rest.strip()
-    return "cookie", sid
+    if len(sids) > 1:
+        return "repeated", None
+    return "cookie", sids[0] if sids else None
+
+
+BLANK_ENDS = re.compile(r"(?<=[^; \t\n\r\x0b\x0c])[ \t\n\r\x0b\x0c]+(?=[^; \t\n\r\x0b\x0c])")
+
+
+def within_pair_bound(header: str | None) -> bool:
+    """Whether the header surely holds no more than MAX_COOKIE_PAIRS pairs. Every pair
+    but the last ends at a `;`, or at blanks between two other characters."""
+    text = header or ""
+    return text.count(";") + len(BLANK_ENDS.findall(text)) + 1 <= MAX_COOKIE_PAIRS
 
 
 def set_cookies(headers: Any) -> list[SimpleCookie]:
@@ -193,18 +219,23 @@ def check_answer(
     cookies: list[SimpleCookie],
     *,
     auth: str | None,
-    sid: str | None,
+    sids: list[str],
 ) -> None:
-    """The answer to GET /whoami against the model, for the credential `sid`/`auth`."""
+    """The answer to GET /whoami against the model, for the credential `sids`/`auth`."""
     assert status == 200, (status, body)
-    source, value = credential(auth, sid)
+    source, value = credential(auth, sids)
+    maybe_past_the_bound = source != "bearer" and not within_pair_bound(body["cookie_header"])
+    if maybe_past_the_bound and body["user"] is None and cookies == []:
+        return  # given up: anonymous and nothing cleared (else read as below)
     user, current = env.owner(value)
     outcome = "none" if value is None else "refused" if user is None else "accepted"
     if currently_in_test_context():
         event(f"{source}: {outcome}{'' if current else ' (older key)'}")
     assert body["user"] == user, (source, value, body)
     assert body["unavailable"] is False
-    if user is not None and not current:
+    if source == "repeated":
+        assert cookies == [], (sids, cookies)  # neither copy is cleared
+    elif source == "cookie" and user is not None and not current:
         # Accepted under the older secret: signed again with the first.
         assert len(cookies) == 1 and cookies[0]["sid"].value == env.cookie_for(value[:64]), (
             value,
@@ -367,12 +398,11 @@ def cookie_names() -> st.SearchStrategy[str]:
 
 @st.composite
 def cookie_pairs(draw: st.DrawFn, env: Env) -> list[tuple[str, str | None]]:
-    """0 to 40 cookies, `sid` among them any number of times; None: a bare name."""
-    pair = st.tuples(
-        st.one_of(st.just("sid"), cookie_names()),
-        st.one_of(sid_values(env), value_text(), st.none()),
-    )
-    pairs = draw(st.lists(pair, max_size=40))
+    """0 to 40 cookies, `sid` among them mostly once, sometimes more; None: a bare name."""
+    value = st.one_of(sid_values(env), value_text(), st.none())
+    pairs = draw(st.lists(st.tuples(cookie_names(), value), max_size=40))
+    for _ in range(draw(st.sampled_from([0, 1, 1, 1, 2, 3]))):
+        pairs.insert(draw(st.integers(0, len(pairs))), ("sid", draw(value)))
     kept, size = [], 0
     for name, value in pairs:  # the whole header stays within aiohttp's 8190 bytes
         size += len(name) + len(value or "") + 5
@@ -390,12 +420,8 @@ def render(pairs: list[tuple[str, str | None]], separators: list[str]) -> str:
     return out
 
 
-def last_sid(pairs: list[tuple[str, str | None]]) -> str | None:
-    found = None
-    for name, value in pairs:
-        if name == "sid":
-            found = "" if value is None else value
-    return found
+def all_sids(pairs: list[tuple[str, str | None]]) -> list[str]:
+    return ["" if value is None else value for name, value in pairs if name == "sid"]
 
 
 def authorizations(env: Env) -> st.SearchStrategy[str | None]:
@@ -453,9 +479,10 @@ async def test_cookie_and_bearer_combinations_match_the_model(
     if auth is not None:
         headers["Authorization"] = auth
     status, body, cookies = await get_whoami(env, headers)
-    sid = last_sid(pairs)
-    assert body["seen_sid"] == sid, (headers, body)  # the model reads the header as aiohttp
-    check_answer(env, status, body, cookies, auth=auth, sid=sid)
+    sids = all_sids(pairs)
+    assert body["seen_sid"] == (sids[-1] if sids else None), (headers, body)
+    assert body["seen_sids"] == sids, (headers, body)  # the model reads it as aiohttp
+    check_answer(env, status, body, cookies, auth=auth, sids=sids)
 
 
 @FUZZ_SETTINGS
@@ -476,7 +503,7 @@ async def test_every_valid_credential_finds_its_user(env: Env, data: st.DataObje
     status, body, cookies = await get_whoami(env, headers)
     assert body["user"] == env.users[token]
     check_answer(
-        env, status, body, cookies, auth=headers.get("Authorization"), sid=body["seen_sid"]
+        env, status, body, cookies, auth=headers.get("Authorization"), sids=body["seen_sids"]
     )
 
 
@@ -496,20 +523,36 @@ async def test_arbitrary_cookie_and_authorization_text(env: Env, data: st.DataOb
     if auth is not None:
         headers["Authorization"] = auth
     status, body, cookies = await get_whoami(env, headers)
-    check_answer(env, status, body, cookies, auth=auth, sid=body["seen_sid"])
+    check_answer(env, status, body, cookies, auth=auth, sids=body["seen_sids"])
 
 
-@pytest.mark.parametrize("count", [1, 300])
+@pytest.mark.parametrize("count", [1, MAX_COOKIE_PAIRS - 1])
 async def test_many_cookies_and_many_sids(env: Env, count: int) -> None:
     live = env.cookie_for(next(iter(env.users)))
     pairs = [(f"c{i}", "v" * 10) for i in range(count)]
     for last in (live, "A" * 64, ""):
-        sids = [("sid", "x"), ("sid", env.cookie_for("B" * 64)), ("sid", last)]
-        header = render([*pairs, *sids], ["; "])
-        assert len(header) < 8190
-        status, body, cookies = await get_whoami(env, {"Cookie": header})
-        assert body["seen_sid"] == last
-        check_answer(env, status, body, cookies, auth=None, sid=last)
+        for sids in (
+            [("sid", last)],
+            [("sid", "x"), ("sid", env.cookie_for("B" * 64)), ("sid", last)],
+        ):
+            header = render([*pairs[: count - len(sids) + 1], *sids], ["; "])
+            assert len(header) < 8190
+            status, body, cookies = await get_whoami(env, {"Cookie": header})
+            assert body["seen_sid"] == last
+            check_answer(env, status, body, cookies, auth=None, sids=[v or "" for _, v in sids])
+
+
+@pytest.mark.parametrize("shape", ["plain", "quoted"])
+async def test_past_the_pair_bound_a_live_cookie_is_ignored_and_kept(env: Env, shape: str) -> None:
+    """More pairs than any browser sends: anonymous, and the cookie is not cleared."""
+    live = env.cookie_for(next(iter(env.users)))
+    first = 'q="quoted"' if shape == "quoted" else "q=plain"
+    pairs = [first, *(f"c{i}=v" for i in range(MAX_COOKIE_PAIRS - 1)), f"sid={live}"]
+    status, body, cookies = await get_whoami(env, {"Cookie": "; ".join(pairs)})
+    assert (status, body["user"], cookies) == (200, None, [])
+    fewer = "; ".join([*pairs[:-2], pairs[-1]])  # exactly MAX_COOKIE_PAIRS
+    status, body, cookies = await get_whoami(env, {"Cookie": fewer})
+    assert (status, body["user"]) == (200, env.users[live[:64]])
 
 
 # 3. Raw bytes over a socket: what a real attacker can send
@@ -608,7 +651,7 @@ async def test_raw_socket_header_bytes(env: Env, data: st.DataObject) -> None:
             parsed: SimpleCookie = SimpleCookie()
             parsed.load(line.split(b":", 1)[1].decode("latin-1").strip())
             morsels.append(parsed)
-    check_answer(env, status, answer, morsels, auth=text_auth, sid=answer["seen_sid"])
+    check_answer(env, status, answer, morsels, auth=text_auth, sids=answer["seen_sids"])
 
 
 @pytest.mark.parametrize("size", [8000, 9000, 70000])

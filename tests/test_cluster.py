@@ -77,11 +77,14 @@ def test_buckets_lie_evenly_over_the_slots() -> None:
 
 
 async def test_one_app_spreads_over_every_primary(cluster: LocalCluster, namespace: str) -> None:
-    async with store(cluster, namespace) as rs:
+    async with store(cluster, namespace, references=["org"]) as rs:
         tokens: list[str] = []
         for start in range(0, 3000, 200):
             created = await asyncio.gather(
-                *(rs.create(app=APP, id=f"user{i}", ip=IP) for i in range(start, start + 200))
+                *(
+                    rs.create(app=APP, id=f"user{i}", ip=IP, d={"org": i % 3})
+                    for i in range(start, start + 200)
+                )
             )
             tokens += [c["token"] for c in created]
         per_primary = Counter(
@@ -96,7 +99,11 @@ async def test_one_app_spreads_over_every_primary(cluster: LocalCluster, namespa
         assert min(per_primary.values()) >= 0.2 * 3000
         assert await rs.activity(app=APP, delta_time=600) == {"activity": 3000}
         assert len((await rs.soapp(app=APP, delta_time=600))["sessions"]) == 3000
-        assert await rs.killall(app=APP) == {"kill": 3000}
+        # App-wide calls fan out over the buckets and add up exactly.
+        assert await rs.kill_by(app=APP, field="org", value=1) == {"kill": 1000}
+        assert await rs.activity(app=APP, delta_time=600) == {"activity": 2000}
+        assert await rs.killall(app=APP) == {"kill": 2000}
+        assert await rs.activity(app=APP, delta_time=600) == {"activity": 0}
 
 
 # Invalidation

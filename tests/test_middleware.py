@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from aiohttp_ext import AnonymousSessionError, get_session, get_store, setup_sessions
 from aiohttp_ext.middleware import CONFIG_KEY
 from cached_sessions import RedisSessions, SessionsError
+from tests.conftest import Deployment
 from tests.cookies import set_cookies
-from tests.servers import ServerProcess
 
 APP = "shop"
 Client = TestClient[web.Request, web.Application]
@@ -153,10 +153,10 @@ def build_app(store: RedisSessions, **options: Any) -> web.Application:
 
 @pytest.fixture
 async def make_client(
-    server: ServerProcess, namespace: str, aiohttp_client: Any
+    deployment: Deployment, namespace: str, aiohttp_client: Any
 ) -> AsyncIterator[MakeClient]:
     async def make(cachetime: float = 30, **options: Any) -> Client:
-        store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=cachetime)
+        store = RedisSessions(url=deployment.url, namespace=namespace, wipe=0, cachetime=cachetime)
         # No cookie jar: every test says exactly which cookie a request carries.
         client: Client = await aiohttp_client(
             build_app(store, **options), cookie_jar=DummyCookieJar()
@@ -290,7 +290,7 @@ async def test_an_unchanged_session_costs_no_write(
 ) -> None:
     client = await make_client()
     token = await login_as(client)
-    key = f"{namespace}:{APP}:{token}"
+    key = client.app[CONFIG_KEY].store.layout.session(APP, token)
     before = await redis.hget(key, "w")
     for _ in range(3):
         await client.get("/whoami", headers=with_token(token))
@@ -442,9 +442,9 @@ def test_secrets_never_show_in_a_repr() -> None:
 
 
 async def test_multi_tenant_app_names(
-    server: ServerProcess, namespace: str, aiohttp_client: Any
+    deployment: Deployment, namespace: str, aiohttp_client: Any
 ) -> None:
-    store = RedisSessions(url=server.url, namespace=namespace, wipe=0)
+    store = RedisSessions(url=deployment.url, namespace=namespace, wipe=0)
     app = build_app(store, app_name=lambda request: request.headers.get("X-Tenant", "default"))
     client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
     response = await client.post("/login", headers={"X-Tenant": "tenant-a"})
@@ -462,9 +462,9 @@ async def test_multi_tenant_app_names(
 
 
 async def test_the_store_starts_and_closes_with_the_app(
-    server: ServerProcess, namespace: str, aiohttp_client: Any
+    deployment: Deployment, namespace: str, aiohttp_client: Any
 ) -> None:
-    store = RedisSessions(url=server.url, namespace=namespace, wipe=0, cachetime=30)
+    store = RedisSessions(url=deployment.url, namespace=namespace, wipe=0, cachetime=30)
     client = await aiohttp_client(build_app(store))
     assert store.cache_stats()["subscribed"]
     await client.close()

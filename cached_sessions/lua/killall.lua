@@ -6,7 +6,7 @@ local now, app = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2]
 local limit = batch_size(tonumber(ARGV[ARG + 3]), tonumber(ARGV[ARG + 4]))
 local members = redis.call('ZRANGE', KEYS[1], 0, limit - 1)
 local killed = 0
-for _, member in ipairs(members) do
+for _, member in ipairs(L.strict and members or {}) do
   local token, id = split_member(member)
   if token then need_removal(app, token, id) end
 end

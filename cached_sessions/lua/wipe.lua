@@ -8,7 +8,7 @@ local now = tonumber(ARGV[ARG + 1])
 local batch = batch_size(tonumber(ARGV[ARG + 2]), tonumber(ARGV[ARG + 3]))
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, batch)
 local removed = 0
-for _, member in ipairs(members) do
+for _, member in ipairs(L.strict and members or {}) do
   local app, rest = split_member(member)
   local token, id = nil, nil
   if app then token, id = split_member(rest) end

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from aiohttp import hdrs, web
-from aiohttp._cookie_helpers import parse_cookie_header
+from aiohttp._cookie_helpers import parse_cookie_header  # no public API reads every copy
 
 from aiohttp_ext import get_session, setup_sessions
 from cached_sessions import RedisSessions

@@ -13,7 +13,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from aiohttp._cookie_helpers import parse_cookie_header
+from aiohttp._cookie_helpers import parse_cookie_header  # no public API reads every copy
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import example, given, settings
 from hypothesis import strategies as st

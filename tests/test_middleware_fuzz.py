@@ -40,7 +40,7 @@ from typing import Any
 
 import pytest
 from aiohttp import DummyCookieJar, hdrs, web
-from aiohttp._cookie_helpers import parse_cookie_header
+from aiohttp._cookie_helpers import parse_cookie_header  # no public API reads every copy
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st

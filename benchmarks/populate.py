@@ -107,7 +107,8 @@ class _Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def evalsha(self, *args: Any) -> None:
+    def execute_command(self, command: str, *args: Any) -> None:
+        assert command == "EVALSHA", command
         self.calls.append(args)
 
 

@@ -15,7 +15,7 @@ if INDEXING and d ~= '' then
   local parsed = split_object(d, nil, L.references)
   if parsed then
     reindex(app, token, {}, parsed.found)
-    write_refs(KEYS[1], d, parsed.found)
+    write_refs(KEYS[1], d, parsed.found, false)
   end
 end
 return 1

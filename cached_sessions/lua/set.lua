@@ -75,9 +75,9 @@ if INDEXING then
       values[field] = ARGV[at + 2]
     end
   end
-  local _, indexed = read_refs(KEYS[1])
+  local fingerprint, indexed = read_refs(KEYS[1])
   reindex(app, token, indexed, values)
-  write_refs(KEYS[1], merged, values)
+  write_refs(KEYS[1], merged, values, fingerprint ~= nil)
 end
 touch(app, token, s, now)
 redis.call('PUBLISH', L.channel, fill(L.message, app, token, s.id))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -59,7 +60,7 @@ async def eventually(action: Callable[[], Awaitable[Any]], seconds: float = 30.0
 
 
 def store(cluster: LocalCluster, namespace: str, **options: Any) -> RedisSessions:
-    settings: dict[str, Any] = {"wipe": 0, "redis_timeout": 3.0}
+    settings: dict[str, Any] = {"wipe": 0}
     settings.update(options)
     return RedisSessions(url=cluster_url(cluster), namespace=namespace, **settings)
 
@@ -393,13 +394,12 @@ async def test_a_live_slot_move_under_http_traffic(
     tasks = [asyncio.create_task(traffic(client)) for client in workers]
 
     def let_traffic_run(_: int) -> None:
-        # Runs in the migrating thread: a pause lets requests meet MOVED and ASK.
-        import time
-
-        time.sleep(0.05)
+        # Runs in the migrating thread, between batches of ten keys (as redis-cli
+        # moves them): requests meet MOVED, ASK and TRYAGAIN.
+        time.sleep(0.02)
 
     await asyncio.to_thread(
-        cluster.migrate_slot, slot, target, pause_between_keys=let_traffic_run, batch=1
+        cluster.migrate_slot, slot, target, pause_between_keys=let_traffic_run, batch=10
     )
     await asyncio.sleep(0.5)
     stop.set()

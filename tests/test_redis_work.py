@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
@@ -32,6 +32,7 @@ REFERENCES = ("org_id", "team")
 SESSIONS = 150
 REWRITTEN = 20
 SLOW_US = 10_000  # the longest a script call may hold Redis
+T = TypeVar("T")
 
 
 def data_at_caps(org: int = 7) -> dict[str, Any]:
@@ -66,27 +67,44 @@ async def rs(
         yield store
 
 
-@pytest.fixture
-async def slowlog(redis: Redis) -> AsyncIterator[Callable[[], Awaitable[list[str]]]]:
-    """Records the commands that took over SLOW_US; yields a reader of the script calls."""
-    saved = await redis.config_get("slowlog-*")
-    await redis.config_set("slowlog-log-slower-than", SLOW_US)
-    await redis.config_set("slowlog-max-len", 1024)
-    await redis.slowlog_reset()
+class SlowLog:
+    """The script calls that held the server over SLOW_US, by the server's own clock."""
 
-    async def slow_scripts() -> list[str]:
-        entries = await redis.slowlog_get(1024)
-        return [
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def around(self, call: Awaitable[T]) -> tuple[T, list[str]]:
+        await self.redis.slowlog_reset()
+        result = await call
+        entries = await self.redis.slowlog_get(1024)
+        slow = [
             f"{entry['duration']} µs: {entry['command'][:60]!r}"
             for entry in entries
             if entry["command"].upper().startswith((b"EVAL", b"FCALL"))
         ]
+        return result, slow
 
+
+@pytest.fixture
+async def slowlog(redis: Redis) -> AsyncIterator[SlowLog]:
+    saved = await redis.config_get("slowlog-*")
+    await redis.config_set("slowlog-log-slower-than", SLOW_US)
+    await redis.config_set("slowlog-max-len", 1024)
     try:
-        yield slow_scripts
+        yield SlowLog(redis)
     finally:
         for name, value in saved.items():
             await redis.config_set(name, value)
+
+
+async def slow_calls(attempt: Callable[[], Awaitable[list[str]]]) -> list[str]:
+    """The slow script calls of `attempt`, which is run again if it had any.
+
+    SLOWLOG measures wall time, and a busy machine can stall the server in the middle
+    of a short call; a call that is slow by itself is slow both times.
+    """
+    slow = await attempt()
+    return await attempt() if slow else slow
 
 
 async def new_sessions(
@@ -107,69 +125,81 @@ async def script_calls(redis: Redis) -> int:
 # The server's own timing, around each operation on sessions at the caps
 
 
-async def test_set_at_the_caps_holds_redis_briefly(
-    rs: RedisSessions, redis: Redis, slowlog: Callable[[], Awaitable[list[str]]]
-) -> None:
+async def test_set_at_the_caps_holds_redis_briefly(rs: RedisSessions, slowlog: SlowLog) -> None:
     d = data_at_caps()
     token = (await new_sessions(rs, 1, d))[0]
     # Every key changed at once: the merge does the most work it can.
     changed = {key: "\\" if isinstance(value, int) else 1 for key, value in d.items()}
     del changed["pad"]
-    await redis.slowlog_reset()
-    for patch in ({"team": "u"}, changed, {"org_id": 8}, changed):
-        assert await rs.set(app=APP, token=token, d=patch) is not None
-    assert await slowlog() == []
+
+    async def sets() -> None:
+        for patch in ({"team": "u"}, changed, {"org_id": 8}, changed):
+            assert await rs.set(app=APP, token=token, d=patch) is not None
+
+    async def attempt() -> list[str]:
+        return (await slowlog.around(sets()))[1]
+
+    assert await slow_calls(attempt) == []
 
 
 async def test_kill_by_at_the_caps_holds_redis_briefly(
-    rs: RedisSessions, redis: Redis, slowlog: Callable[[], Awaitable[list[str]]]
+    rs: RedisSessions, redis: Redis, slowlog: SlowLog
 ) -> None:
-    await new_sessions(rs, SESSIONS, data_at_caps())
-    await redis.slowlog_reset()
-    calls = await script_calls(redis)
-    assert await rs.kill_by(app=APP, field="org_id", value=7) == {"kill": SESSIONS}
-    assert await slowlog() == []
-    assert await script_calls(redis) - calls > 1
+    async def attempt() -> list[str]:
+        await new_sessions(rs, SESSIONS, data_at_caps())
+        calls = await script_calls(redis)
+        killed, slow = await slowlog.around(rs.kill_by(app=APP, field="org_id", value=7))
+        assert killed == {"kill": SESSIONS}
+        assert await script_calls(redis) - calls > 1
+        return slow
+
+    assert await slow_calls(attempt) == []
 
 
 async def test_kill_by_of_data_rewritten_elsewhere_holds_redis_briefly(
-    rs: RedisSessions, redis: Redis, namespace: str, slowlog: Callable[[], Awaitable[list[str]]]
+    rs: RedisSessions, redis: Redis, namespace: str, slowlog: SlowLog
 ) -> None:
     """A writer that knows nothing of the index changed every `d`: each one is parsed."""
-    tokens = await new_sessions(rs, REWRITTEN, data_at_caps())
-    for token in tokens:
-        key = f"{namespace}:{APP}:{token}"
-        stored = await redis.hget(key, "d")
-        await redis.hset(key, "d", stored.replace('"team":"t"', '"team":"u"'))
-    await redis.slowlog_reset()
-    assert await rs.kill_by(app=APP, field="org_id", value=7) == {"kill": REWRITTEN}
-    assert await slowlog() == []
+
+    async def attempt() -> list[str]:
+        for token in await new_sessions(rs, REWRITTEN, data_at_caps()):
+            key = f"{namespace}:{APP}:{token}"
+            stored = await redis.hget(key, "d")
+            await redis.hset(key, "d", stored.replace('"team":"t"', '"team":"u"'))
+        killed, slow = await slowlog.around(rs.kill_by(app=APP, field="org_id", value=7))
+        assert killed == {"kill": REWRITTEN}
+        return slow
+
+    assert await slow_calls(attempt) == []
 
 
 async def test_killall_at_the_caps_holds_redis_briefly(
-    rs: RedisSessions, redis: Redis, slowlog: Callable[[], Awaitable[list[str]]]
+    rs: RedisSessions, redis: Redis, slowlog: SlowLog
 ) -> None:
-    await new_sessions(rs, SESSIONS, data_at_caps())
-    await redis.slowlog_reset()
-    calls = await script_calls(redis)
-    assert await rs.killall(app=APP) == {"kill": SESSIONS}
-    assert await slowlog() == []
-    assert await script_calls(redis) - calls > 1
+    async def attempt() -> list[str]:
+        await new_sessions(rs, SESSIONS, data_at_caps())
+        calls = await script_calls(redis)
+        killed, slow = await slowlog.around(rs.killall(app=APP))
+        assert killed == {"kill": SESSIONS}
+        assert await script_calls(redis) - calls > 1
+        return slow
+
+    assert await slow_calls(attempt) == []
 
 
 async def test_wipe_at_the_caps_holds_redis_briefly(
-    rs: RedisSessions,
-    redis: Redis,
-    clock: ManualClock,
-    slowlog: Callable[[], Awaitable[list[str]]],
+    rs: RedisSessions, redis: Redis, clock: ManualClock, slowlog: SlowLog
 ) -> None:
-    await new_sessions(rs, SESSIONS, data_at_caps(), ttl=10)
-    clock.advance(11)
-    await redis.slowlog_reset()
-    calls = await script_calls(redis)
-    assert await rs.wipe() == SESSIONS
-    assert await slowlog() == []
-    assert await script_calls(redis) - calls > 1
+    async def attempt() -> list[str]:
+        await new_sessions(rs, SESSIONS, data_at_caps(), ttl=10)
+        clock.advance(11)
+        calls = await script_calls(redis)
+        removed, slow = await slowlog.around(rs.wipe())
+        assert removed == SESSIONS
+        assert await script_calls(redis) - calls > 1
+        return slow
+
+    assert await slow_calls(attempt) == []
 
 
 # The key cap

@@ -107,14 +107,15 @@ local function read_refs(key)
   return list[1], values
 end
 
-local function write_refs(key, d, values)
+-- Stores the values read from `d` (`stored`: whether the session holds some already).
+local function write_refs(key, d, values, stored)
   local list = {''}
   for field, raw in pairs(values) do
     list[#list + 1] = field
     list[#list + 1] = raw
   end
   if #list == 1 then
-    redis.call('HDEL', key, 'refs')
+    if stored then redis.call('HDEL', key, 'refs') end
     return
   end
   list[1] = redis.sha1hex(d)

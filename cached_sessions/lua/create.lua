@@ -17,6 +17,6 @@ redis.call('SADD', KEYS[4], token)
 redis.call('ZADD', KEYS[5], now + ttl, fill(L.global_member, app, token, id))
 if parsed then
   reindex(app, token, {}, parsed.found)
-  write_refs(KEYS[1], d, parsed.found)
+  write_refs(KEYS[1], d, parsed.found, false)
 end
 return 1

@@ -59,7 +59,7 @@ if #merged > max_bytes then return redis.error_reply('DATA_TOO_LARGE ' .. #merge
 
 -- The new reference values come from the stored members and the changes: no second
 -- parse. Every key this call writes is known from here on.
-local values, indexed = {}, {}
+local values, indexed, fingerprint = {}, {}, nil
 if INDEXING then
   for field in pairs(L.references) do
     local at = patch[field]
@@ -69,7 +69,7 @@ if INDEXING then
       values[field] = ARGV[at + 2]
     end
   end
-  indexed = select(2, read_refs(KEYS[1]))
+  fingerprint, indexed = read_refs(KEYS[1])
   need_reindex(app, token, indexed, values)
 end
 need_touch(app)
@@ -85,7 +85,7 @@ end
 s.d = merged
 if INDEXING then
   reindex(app, token, indexed, values)
-  write_refs(KEYS[1], merged, values)
+  write_refs(KEYS[1], merged, values, fingerprint ~= nil)
 end
 touch(app, token, s, now)
 publish(app, token)

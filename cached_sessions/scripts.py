@@ -108,6 +108,14 @@ def script_source(operation: str, header: str) -> str:
     return f"{header}{_lua_file('_lib')}\n{_lua_file(operation)}"
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """One call's keys so far, and how often a script asked for more."""
+
+    declared: list[str]
+    rounds: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Durability:
     """Kills return once `replicas` replicas have them, or fail after `wait` seconds."""
@@ -156,25 +164,32 @@ class Scripts:
         return self.slots.call(self._evalsha, self._scripts[operation], keys, args)
 
     async def _evalsha(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        client, declared, rounds = self._client, list(keys), 0
+        attempt = _Attempt(list(keys))
         # Bounded by the call's deadline (slots.py) as much as by this count.
         for _ in range(MAX_TRIES):
             try:
-                return await client.evalsha(script.sha, len(declared), *declared, *args)
-            except NoScriptError:  # the server was restarted, flushed or newly promoted
-                await client.script_load(script.script)
+                return await self._client.evalsha(
+                    script.sha, len(attempt.declared), *attempt.declared, *args
+                )
             except RedisError as error:
-                wanted = undeclared_keys(error)
-                if wanted is None and not _in_migration(error):
+                if not await self._recover(script, error, attempt):
                     raise
-                if wanted is None:
-                    await asyncio.sleep(MIGRATION_PAUSE)
-                    continue
-                rounds += 1
-                if rounds > MAX_DECLARE_ROUNDS:
-                    raise
-                declared += [key for key in wanted if key not in declared]
         raise ResponseError("a slot stayed on the move for the whole call")
+
+    async def _recover(self, script: AsyncScript, error: RedisError, attempt: _Attempt) -> bool:
+        """Whether a failed try may go again, once what it needs is done."""
+        if isinstance(error, NoScriptError):  # a server restarted, flushed or promoted
+            await self._client.script_load(script.script)
+            return True
+        wanted = undeclared_keys(error)
+        if wanted is not None and attempt.rounds < MAX_DECLARE_ROUNDS:
+            attempt.rounds += 1
+            attempt.declared += [key for key in wanted if key not in attempt.declared]
+            return True
+        if wanted is None and _in_migration(error):
+            await asyncio.sleep(MIGRATION_PAUSE)
+            return True
+        return False
 
     def queue(
         self,
@@ -251,17 +266,15 @@ class Scripts:
         and the WAIT go out in one pipeline, on one connection. Replication keeps the
         primary's order, so a replica that has the marker has the call too.
         """
-        declared = list(keys)
-        for _ in range(MAX_DECLARE_ROUNDS):
-            results, node = await self._durable_round(operation, declared, args, marker, durability)
+        attempt, script = _Attempt(list(keys)), self._scripts[operation]
+        for _ in range(MAX_TRIES):
+            results, node = await self._durable_round(
+                operation, attempt.declared, args, marker, durability
+            )
             first = results[0]
-            if isinstance(first, NoScriptError):
-                await self.load(operation)
-            elif (wanted := undeclared_keys(first)) is not None:
-                declared += [key for key in wanted if key not in declared]
-            elif _in_migration(first):
-                await asyncio.sleep(MIGRATION_PAUSE)
-            elif node is None or node == self._owner(marker):
+            if isinstance(first, RedisError) and await self._recover(script, first, attempt):
+                continue
+            if node is None or node == self._owner(marker):
                 break  # done, and the slot did not move away during the call
         for result in results:
             if isinstance(result, Exception):

@@ -12,10 +12,13 @@ Each failover test prints how long the stores' subscribers took to be subscribed
 from __future__ import annotations
 
 import asyncio
-import time
+import os
+import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pytest
@@ -26,7 +29,7 @@ from redis.asyncio.sentinel import Sentinel
 
 from aiohttp_ext import get_session, setup_sessions
 from cached_sessions import RedisSessions
-from tests.topology import HOST, LocalSentinel, caught_up_problem, wait_until
+from tests.topology import HOST, LocalSentinel, Node, caught_up_problem, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -58,14 +61,15 @@ async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
 
 async def eventually(action: Callable[[], Awaitable[Any]], seconds: float = 30.0) -> Any:
     """The first answer of `action` that is not an error, retrying through a failover."""
-    last: Exception | None = None
-    for _ in range(int(seconds / 0.05)):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
         try:
             return await action()
         except Exception as error:  # a failover surfaces as several redis-py errors
-            last = error
+            if loop.time() > deadline:
+                raise AssertionError(f"no answer in {seconds} s") from error
             await asyncio.sleep(0.05)
-    raise AssertionError(f"no answer in {seconds} s: {last!r}")
 
 
 def subscribers(topology: LocalSentinel, channel: str) -> dict[int, int]:
@@ -263,6 +267,106 @@ async def test_a_graceful_switch_is_a_lost_subscription(
         assert session is not None and session["d"] == {"v": 2}
 
 
+async def test_the_old_primarys_data_is_not_cached_after_a_graceful_switch(
+    healed_sentinel: LocalSentinel, namespace: str
+) -> None:
+    # After SENTINEL FAILOVER the old primary stays a writable primary until the
+    # sentinels turn it into a replica, seconds later, and connections opened before
+    # the switch still reach it. A kill made meanwhile on the new primary must not be
+    # undone in a cache by a read of the old primary's copy.
+    topology = healed_sentinel
+    async with (
+        store(topology, namespace, cachetime=30, ping_interval=FAST_PING) as rs,
+        store(topology, namespace) as writer,
+    ):
+        token = (await writer.create(app=APP, id="erin", ip=IP))["token"]
+        wait_replicas_caught_up(topology)
+        await rs.get(app=APP, token=token)
+        assert rs.is_cached(token)
+        old = topology.primary_port()
+        next(iter(topology.sentinel_nodes.values())).command(
+            "SENTINEL", "FAILOVER", topology.master_name
+        )
+        await asyncio.to_thread(
+            wait_until,
+            partial(all_name_another, topology, old),
+            "every sentinel names a new primary",
+            30.0,
+        )
+        # A worker that connects now writes to the new primary.
+        async with store(topology, namespace) as late:
+            assert await late.kill(app=APP, token=token) == {"kill": 1}
+        converted = asyncio.create_task(asyncio.to_thread(topology.wait_failover, old))
+        while not converted.done():  # reads meanwhile, through the connections of before
+            await eventually(lambda: rs.get(app=APP, token=token))
+            await asyncio.sleep(0.05)
+        await converted
+        await until(lambda: rs.cache_stats()["subscribed"])
+        for _ in range(20):
+            assert await eventually(lambda: rs.get(app=APP, token=token)) is None
+            await asyncio.sleep(0.05)
+
+
+def all_name_another(topology: LocalSentinel, old: int) -> str | None:
+    for node in topology.sentinel_nodes.values():
+        _, port = node.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", topology.master_name)
+        if int(port) == old:
+            return f"sentinel {node.port} still names {old}"
+    return None
+
+
+# Sentinels that stop answering
+
+
+@contextmanager
+def stopped(nodes: list[Node]) -> Iterator[None]:
+    """The nodes' processes paused (SIGSTOP): they accept connections, never answer."""
+    for node in nodes:
+        assert node.process is not None
+        os.kill(node.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for node in nodes:
+            assert node.process is not None
+            os.kill(node.process.pid, signal.SIGCONT)
+
+
+async def test_hung_sentinels_do_not_hold_up_invalidations(
+    healed_sentinel: LocalSentinel, namespace: str
+) -> None:
+    topology = healed_sentinel
+    async with (
+        store(topology, namespace, cachetime=30, ping_interval=FAST_PING) as rs,
+        store(topology, namespace) as writer,
+    ):
+        token = (await writer.create(app=APP, id="frank", ip=IP, d={"v": 1}))["token"]
+        await rs.get(app=APP, token=token)
+        assert rs.is_cached(token)
+        with stopped(list(topology.sentinel_nodes.values())):
+            await asyncio.sleep(5 * FAST_PING)  # past a few of the subscriber's checks
+            await writer.set(app=APP, token=token, d={"v": 2})
+            await until(lambda: not rs.is_cached(token), 10.0)
+            session = await rs.get(app=APP, token=token)
+            assert session is not None and session["d"] == {"v": 2}
+        await until(lambda: rs.cache_stats()["subscribed"])
+
+
+async def test_one_hung_sentinel_does_not_stop_new_connections(
+    healed_sentinel: LocalSentinel, namespace: str
+) -> None:
+    topology = healed_sentinel
+    async with store(topology, namespace) as rs:
+        token = (await rs.create(app=APP, id="grace", ip=IP))["token"]
+        primary = topology.data_nodes[topology.primary_port()]
+        first = next(iter(topology.sentinel_nodes.values()))  # the one asked first
+        with stopped([first]):
+            # Every connection of the store is gone: the next call needs a new one,
+            # and so asks the sentinels where the primary is.
+            primary.command("CLIENT", "KILL", "TYPE", "normal")
+            assert await eventually(lambda: rs.get(app=APP, token=token)) is not None
+
+
 # HTTP traffic through a primary's crash
 
 
@@ -382,8 +486,10 @@ async def test_a_primary_crash_under_http_traffic(
     traffic.stop.set()
     await asyncio.gather(*tasks)
 
-    print(f"\n[{topology.kind}] primary {old} killed; sentinels named {new} after "
-          f"{promoted_at - crashed_at:.2f} s")
+    print(
+        f"\n[{topology.kind}] primary {old} killed; sentinels named {new} after "
+        f"{promoted_at - crashed_at:.2f} s"
+    )
     for worker, watch in zip(workers, watches, strict=True):
         port = worker.client.port
         assert watch.lost_at is not None and watch.back_at is not None

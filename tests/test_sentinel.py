@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio.sentinel import Sentinel
 
 from aiohttp_ext import get_session, setup_sessions
-from cached_sessions import RedisSessions
+from cached_sessions import NotDurableError, RedisSessions
 from tests.topology import HOST, LocalSentinel, Node, caught_up_problem, wait_until
 
 pytestmark = pytest.mark.timeout(150)
@@ -386,6 +386,49 @@ async def test_one_hung_sentinel_does_not_stop_new_connections(
             # and so asks the sentinels where the primary is.
             primary.command("CLIENT", "KILL", "TYPE", "normal")
             assert await eventually(lambda: rs.get(app=APP, token=token)) is not None
+
+
+# Durable kills
+
+
+def cut_off(topology: LocalSentinel, replica: int, primary: int) -> Callable[[], None]:
+    """Pause a replica and close its replication link, so that nothing the primary does
+    from now on reaches it; returns what lets it run again. (Pausing it alone is not
+    enough: the kernel would keep receiving the stream for it.)"""
+    process = topology.data_nodes[replica].process
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)
+    topology.data_nodes[primary].command("CLIENT", "KILL", "TYPE", "replica")
+    return lambda: os.kill(process.pid, signal.SIGCONT)
+
+
+async def test_a_kill_no_replica_has_is_refused_as_durable_and_can_come_back(
+    healed_sentinel: LocalSentinel, namespace: str
+) -> None:
+    # What durable kills prevent: a kill only the primary had is undone by the
+    # failover that follows. The durable one says so (NotDurableError, a 503 through
+    # the middleware) instead of returning.
+    topology = healed_sentinel
+    primary = topology.primary_port()
+    [replica] = topology.replica_ports()
+    async with (
+        store(topology, namespace, durable_kills=1, durable_wait=0.5) as durable,
+        store(topology, namespace) as plain,
+    ):
+        refused = (await plain.create(app=APP, id="henry", ip=IP))["token"]
+        acknowledged = (await plain.create(app=APP, id="iris", ip=IP))["token"]
+        wait_replicas_caught_up(topology)
+        resume = cut_off(topology, replica, primary)
+        try:
+            with pytest.raises(NotDurableError, match="0 of the 1 replicas"):
+                await durable.kill(app=APP, token=refused)
+            assert await plain.kill(app=APP, token=acknowledged) == {"kill": 1}
+            topology.kill_primary()
+        finally:
+            resume()
+        assert await asyncio.to_thread(topology.wait_failover, primary) == replica
+        for token in (refused, acknowledged):
+            assert await eventually(lambda t=token: plain.get(app=APP, token=t)) is not None
 
 
 # HTTP traffic through a primary's crash

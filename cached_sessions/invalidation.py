@@ -164,16 +164,21 @@ async def _sentinel_routes(pool: SentinelConnectionPool, channel: str) -> list[R
 
 async def _answers_as_primary(pool: SentinelConnectionPool, host: str, port: int) -> bool:
     """Whether the node at host:port says it is a primary. One that cannot be reached
-    is not: no connection of this process can read from it either."""
+    is not: no connection of this process can read from it either.
+
+    Asked with HELLO (no arguments: the protocol stays as it is), which every user may
+    run; ROLE and INFO are admin commands that an application's ACL user often lacks.
+    """
     settings = {**pool.connection_kwargs, "host": host, "port": port}
     client = _plain_client(settings, _plain_class(pool.connection_class))
     try:
-        role = await client.role()
+        reply = await client.execute_command("HELLO")  # type: ignore[no-untyped-call]
     except (ConnectionError, OSError):
         return False
     finally:
         await client.aclose(close_connection_pool=True)
-    return _text(role[0]) == "master"
+    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    return {_text(key): _text(value) for key, value in fields.items()}.get("role") == "master"
 
 
 async def _cluster_routes(cluster: RedisCluster, layout: ClusterLayout) -> list[Route]:

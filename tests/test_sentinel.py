@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -42,9 +43,12 @@ PRIMARY_LOSS_REASONS = frozenset(
 )
 
 
-def sentinel_url(topology: LocalSentinel, db: int | None = None) -> str:
+def sentinel_url(topology: LocalSentinel, db: int | None = None, userinfo: str = "") -> str:
     hosts = ",".join(f"{host}:{port}" for host, port in topology.sentinels)
-    return f"redis+sentinel://{hosts}/{topology.master_name}" + (f"/{db}" if db else "")
+    credentials = f"{userinfo}@" if userinfo else ""
+    return f"redis+sentinel://{credentials}{hosts}/{topology.master_name}" + (
+        f"/{db}" if db else ""
+    )
 
 
 def store(topology: LocalSentinel, namespace: str, **options: Any) -> RedisSessions:
@@ -214,6 +218,30 @@ async def test_a_client_passed_in_works_and_subscribes_on_the_primary(
     finally:
         await client.aclose()
         await sentinels.aclose()
+
+
+@pytest.fixture
+def app_user(sentinel: LocalSentinel, namespace: str) -> Iterator[str]:
+    """`user:password` of an ACL user on every data node that may run neither admin nor
+    dangerous commands, as an application's user often is."""
+    user, password = f"app-{namespace}", uuid.uuid4().hex
+    rules = ["on", f">{password}", "~*", "&*", "+@all", "-@admin", "-@dangerous"]
+    for node in sentinel.data_nodes.values():
+        node.command("ACL", "SETUSER", user, *rules)
+    yield f"{user}:{password}"
+    for node in sentinel.data_nodes.values():
+        if node.alive:
+            node.command("ACL", "DELUSER", user)
+
+
+async def test_an_application_user_without_admin_commands(
+    sentinel: LocalSentinel, namespace: str, app_user: str
+) -> None:
+    url = sentinel_url(sentinel, userinfo=app_user)
+    async with RedisSessions(url=url, namespace=namespace, wipe=0, cachetime=30) as rs:
+        await until(lambda: rs.cache_stats()["subscribed"])
+        await exercise(rs)
+        assert rs.cache_stats()["flushes"] == 0
 
 
 # Invalidation between two workers

@@ -1,12 +1,16 @@
 """Behind Redis Sentinel: the URL form, invalidation, and the cache through failovers.
 
 The local topology (tests/topology.py) has one primary, one replica and three
-sentinels. Tests that fail the primary over take `healed_sentinel`, which returns the
-setup to health after. The HTTP test runs two aiohttp servers, each with a store and
-cache of its own, as two workers of one service would.
+sentinels. Tests that fail the primary over, or pause a process, take
+`healed_sentinel`, which returns the setup to health after. Covered: the URL form and
+a client passed in; invalidation between two stores; a graceful switch (SENTINEL
+FAILOVER), during which the old primary stays writable for seconds; sentinels that stop
+answering; durable kills through a failover; and a primary's crash under HTTP traffic
+through two aiohttp servers, each with a store and cache of its own, as two workers of
+one service would run.
 
-Each failover test prints how long the stores' subscribers took to be subscribed again
-(run with `-s` to see it).
+The failover tests print how long the stores' subscribers took to be subscribed again,
+and what the requests answered meanwhile (run with `-s` to see it).
 """
 
 from __future__ import annotations
@@ -174,7 +178,7 @@ async def test_the_url_form_works_and_subscribes_on_the_primary(
     sentinel: LocalSentinel, namespace: str
 ) -> None:
     async with store(sentinel, namespace, cachetime=30) as rs:
-        assert rs.cache_stats()["subscribed"]
+        await until(lambda: rs.cache_stats()["subscribed"])
         primary = sentinel.primary_port()
         assert subscribers(sentinel, rs.layout.channel()) == {
             port: int(port == primary) for port in sentinel.data_nodes
@@ -206,7 +210,7 @@ async def test_a_client_passed_in_works_and_subscribes_on_the_primary(
     client = sentinels.master_for(sentinel.master_name, decode_responses=True)
     try:
         async with RedisSessions(client, namespace=namespace, wipe=0, cachetime=30) as rs:
-            assert rs.cache_stats()["subscribed"]
+            await until(lambda: rs.cache_stats()["subscribed"])
             primary = sentinel.primary_port()
             assert subscribers(sentinel, rs.layout.channel()) == {
                 port: int(port == primary) for port in sentinel.data_nodes

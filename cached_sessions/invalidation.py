@@ -163,8 +163,8 @@ async def _sentinel_routes(pool: SentinelConnectionPool, channel: str) -> list[R
 
 
 async def _answers_as_primary(pool: SentinelConnectionPool, host: str, port: int) -> bool:
-    """Whether the node at host:port says it is a primary. One that cannot be reached
-    is not: no connection of this process can read from it either.
+    """Whether the node at host:port says it is a primary. One that refuses a connection
+    is taken for gone (dead, or still starting): the data connections fail there too.
 
     Asked with HELLO (no arguments: the protocol stays as it is), which every user may
     run; ROLE and INFO are admin commands that an application's ACL user often lacks.

@@ -18,7 +18,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 __all__ = ["connect", "is_cluster_url", "redacted_url"]
 
@@ -94,7 +96,17 @@ def _sentinel_primary(url: str, options: dict[str, Any]) -> Redis:
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError("a redis+sentinel:// URL ends in /<service name>[/<db>]")
     query = parse_qs(parts.query)
-    sentinel_options: dict[str, Any] = {"socket_connect_timeout": options["socket_connect_timeout"]}
+    # redis-py asks the sentinels in turn and moves on only when one fails: a sentinel
+    # that accepts connections but never answers (a paused process, a full host) would
+    # hold every new data connection forever. Each sentinel gets a share of a call's
+    # deadline, so that the next one still answers within it, and no retries of its own:
+    # asking the next sentinel is the retry.
+    share = options["socket_connect_timeout"] / (len(addresses) + 1)
+    sentinel_options: dict[str, Any] = {
+        "socket_connect_timeout": share,
+        "socket_timeout": share,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if "sentinel_password" in query:
         sentinel_options["password"] = query["sentinel_password"][0]
     data_options = {**options, "db": int(path[1]) if len(path) == 2 else 0}

@@ -9,7 +9,12 @@ Where to listen depends on the deployment (`routes_for`):
 
 * one Redis: one connection, `SUBSCRIBE` to the namespace's channel;
 * Sentinel: the same, on the primary the sentinels name; every ping interval the
-  subscriber asks them again, and a new primary counts as a loss;
+  subscriber asks them again, beside the listener and within the ping timeout, and a
+  new primary (or no answer) counts as a loss. After a graceful switch the old primary
+  stays a writable primary until the sentinels demote it, and the data connections
+  opened before the switch still reach it: the subscription counts as confirmed only
+  once no node the sentinels list as a replica answers as a primary, so that nothing
+  read from the old one is cached while only the new one is heard;
 * Redis Cluster: one connection per primary, `SSUBSCRIBE` to each bucket channel it
   owns. The server unsubscribes a shard channel whose slot moves away or whose node is
   demoted, and a dead primary breaks its connection: each is a loss, after which the
@@ -45,6 +50,9 @@ __all__ = ["Route", "Subscriber", "routes_for"]
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY = 1.0
+# Finding where to listen takes a few round trips; a server that accepts connections
+# but never answers must not keep the subscriber from trying again.
+ROUTES_TIMEOUT = 5.0
 # What a pub/sub connection keeps of the data client's settings: where and who.
 _CONNECTION_SETTINGS = (
     "host", "port", "path", "db", "username", "password", "credential_provider",
@@ -68,7 +76,8 @@ class Route:
     """One pub/sub connection: the client it uses, and the channels it listens to.
 
     `still_current`, when given, is asked every ping interval whether the server is
-    still the one to listen to (Sentinel: still the primary).
+    still the one to listen to (Sentinel: still the primary); an error or no answer
+    within the ping timeout counts as "no".
     """
 
     client: Redis
@@ -135,15 +144,41 @@ async def _standalone_routes(pool: ConnectionPool, channel: str) -> list[Route]:
 
 async def _sentinel_routes(pool: SentinelConnectionPool, channel: str) -> list[Route]:
     sentinels, service = pool.sentinel_manager, pool.service_name
-    address = await sentinels.discover_master(service)
+    address = tuple(await sentinels.discover_master(service))
     host, port = address
-    settings = {**pool.connection_kwargs, "host": host, "port": port}
-    client = _plain_client(settings, _plain_class(pool.connection_class))
+    for replica in await sentinels.discover_slaves(service):
+        if tuple(replica) != address and await _answers_as_primary(pool, *replica):
+            # A demoted primary the sentinels have not turned into a replica yet: the
+            # data connections of before may still read it, and what is written there
+            # is published there, unheard. Not confirmed until it is demoted.
+            raise SubscriptionLost("old_primary_alive")
+    client = _plain_client(
+        {**pool.connection_kwargs, "host": host, "port": port}, _plain_class(pool.connection_class)
+    )
 
     async def still_primary() -> bool:
-        return tuple(await sentinels.discover_master(service)) == tuple(address)
+        return tuple(await sentinels.discover_master(service)) == address
 
     return [Route(client, [channel], f"primary {host}:{port}", still_primary)]
+
+
+async def _answers_as_primary(pool: SentinelConnectionPool, host: str, port: int) -> bool:
+    """Whether the node at host:port says it is a primary. One that refuses a connection
+    is taken for gone (dead, or still starting): the data connections fail there too.
+
+    Asked with HELLO (no arguments: the protocol stays as it is), which every user may
+    run; ROLE and INFO are admin commands that an application's ACL user often lacks.
+    """
+    settings = {**pool.connection_kwargs, "host": host, "port": port}
+    client = _plain_client(settings, _plain_class(pool.connection_class))
+    try:
+        reply = await client.execute_command("HELLO")  # type: ignore[no-untyped-call]
+    except (ConnectionError, OSError):
+        return False
+    finally:
+        await client.aclose(close_connection_pool=True)
+    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    return {_text(key): _text(value) for key, value in fields.items()}.get("role") == "master"
 
 
 async def _cluster_routes(cluster: RedisCluster, layout: ClusterLayout) -> list[Route]:
@@ -227,7 +262,8 @@ class Subscriber:
 
     async def _listen_everywhere(self) -> None:
         """Listen on every route at once; returns only by raising the first loss."""
-        routes = await self._routes()
+        async with asyncio.timeout(ROUTES_TIMEOUT):
+            routes = await self._routes()
         unconfirmed = {route.name for route in routes}
 
         def on_confirmed(route: Route) -> None:
@@ -243,11 +279,18 @@ class Subscriber:
             )
             for route in routes
         ]
+        tasks += [
+            asyncio.create_task(
+                self._watch(route), name=f"cached-sessions route check ({route.name})"
+            )
+            for route in routes
+            if route.still_current is not None
+        ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raises the loss
-            raise SubscriptionLost("error")  # a listener never returns normally
+            raise SubscriptionLost("error")  # a listener or a check never returns normally
         finally:
             for task in tasks:
                 task.cancel()
@@ -285,10 +328,27 @@ class Subscriber:
                 if ping_sent is not None and now - ping_sent > self._ping_timeout:
                     raise SubscriptionLost("missed_pong")
                 if ping_sent is None and now - last_ping >= self._ping_interval:
-                    if route.still_current is not None and not await route.still_current():
-                        raise SubscriptionLost("primary_changed")
                     await pubsub.ping()
                     ping_sent = last_ping = now
+
+    async def _watch(self, route: Route) -> None:
+        """Ask every ping interval whether the route still leads where to listen.
+
+        A task of its own, beside the listener: while the answer is awaited, the
+        invalidations keep being heard. No answer within the ping timeout is a loss
+        too, since a switch may be under way unseen.
+        """
+        assert route.still_current is not None
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            try:
+                async with asyncio.timeout(self._ping_timeout):
+                    current = await route.still_current()
+            except (ConnectionError, TimeoutError, OSError) as error:  # OSError: the timeout's
+                raise_if_cancelling()
+                raise SubscriptionLost("primary_unknown") from error
+            if not current:
+                raise SubscriptionLost("primary_changed")
 
     async def _subscribe(self, pubsub: Any, channels: Sequence[str]) -> None:
         if not self._sharded:

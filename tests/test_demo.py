@@ -1,4 +1,4 @@
-"""The demo, as its users run it: two worker processes on one port, one Redis."""
+"""The demo, as its users run it: two worker processes on one port, one Redis or a cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ServerProcess, free_port
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,14 +43,20 @@ def call(
         return error.code, dict(error.headers), error.read()
 
 
-@pytest.fixture(scope="module")
-def demo(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def demo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The demo on one server, and on a cluster through its URL form."""
+    if request.param == "cluster":
+        host, cluster_port = request.getfixturevalue("cluster").startup_nodes[0]
+        url = f"redis+cluster://{host}:{cluster_port}"
+    else:
+        url = request.getfixturevalue("server").url
     port = free_port()
     log_path = tmp_path_factory.mktemp("demo") / "demo.log"
     log = log_path.open("wb")  # a file, not a pipe: nothing would drain a pipe
     process = subprocess.Popen(
         [sys.executable, "-m", "aiohttp_ext.demo", "--workers", "2", "--port", str(port),
-         "--redis-url", server.url],
+         "--redis-url", url],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"

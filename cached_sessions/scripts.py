@@ -30,7 +30,16 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import ClusterError, NoScriptError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import NotDurableError
 from .keys import TEMPLATE_ORDER, Layout
@@ -230,7 +239,10 @@ class Scripts:
         if retry:
             script = self._scripts[operation]
             again = await asyncio.gather(
-                *(self._evalsha(script, *self._with_wanted(calls[i], results[i])) for i in retry),
+                *(
+                    self.slots.call(self._evalsha, script, *self._with_wanted(calls[i], results[i]))
+                    for i in retry
+                ),
                 return_exceptions=True,
             )
             for i, result in zip(retry, again, strict=True):
@@ -266,6 +278,36 @@ class Scripts:
         and the WAIT go out in one pipeline, on one connection. Replication keeps the
         primary's order, so a replica that has the marker has the call too.
         """
+        try:
+            async with asyncio.timeout(self.slots.timeout):
+                results = await self._durable_rounds(operation, keys, args, marker, durability)
+        except TimeoutError:
+            raise RedisTimeoutError(
+                f"{operation}: no durable answer within {self.slots.timeout} s"
+            ) from None
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        acknowledged = int(results[2])
+        if acknowledged < durability.replicas:
+            raise NotDurableError(operation, acknowledged, durability.replicas, durability.wait)
+        return results[0]
+
+    async def _durable_rounds(
+        self,
+        operation: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        marker: str,
+        durability: Durability,
+    ) -> list[Any]:
+        """Rounds until one ran whole on the slot's owner, all three on one connection.
+
+        On a cluster, redirections are not followed inside the pipeline: redis-py would
+        send a redirected call alone on another connection, and the WAIT left behind
+        would count replicas of a connection that wrote nothing. A round that meets one
+        goes again, after the slot map is brought up to date for a MOVED.
+        """
         attempt, script = _Attempt(list(keys)), self._scripts[operation]
         for _ in range(MAX_TRIES):
             results, node = await self._durable_round(
@@ -274,15 +316,15 @@ class Scripts:
             first = results[0]
             if isinstance(first, RedisError) and await self._recover(script, first, attempt):
                 continue
+            if any(isinstance(result, MovedError) for result in results):
+                await self.slots.call(self._client.exists, marker)  # follows MOVED, learns it
+                continue
+            if any(isinstance(result, AskError | TryAgainError) for result in results):
+                await asyncio.sleep(MIGRATION_PAUSE)
+                continue
             if node is None or node == self._owner(marker):
-                break  # done, and the slot did not move away during the call
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        acknowledged = int(results[2])
-        if acknowledged < durability.replicas:
-            raise NotDurableError(operation, acknowledged, durability.replicas, durability.wait)
-        return results[0]
+                return results  # done, and the slot did not move away during the call
+        raise ResponseError("a slot stayed on the move for the whole call")
 
     async def _durable_round(
         self,
@@ -299,9 +341,12 @@ class Scripts:
         node = self._owner(marker)
         if node is None:
             pipe.execute_command(*wait)
-        else:
-            pipe.execute_command(*wait, target_nodes=node)
-        return list(await self.slots.call(pipe.execute, raise_on_error=False)), node
+            return list(await self.slots.call(pipe.execute, raise_on_error=False)), node
+        pipe.execute_command(*wait, target_nodes=node)
+        assert isinstance(pipe, ClusterPipeline)  # a node: a cluster
+        execute = pipe.execute
+        results = await self.slots.call(execute, raise_on_error=False, allow_redirections=False)
+        return list(results), node
 
     def _owner(self, key: str) -> Any:
         """The cluster node that serves `key` now, or None off a cluster."""

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aiohttp_ext import get_session, setup_sessions
 from cached_sessions import NotDurableError, RedisSessions
@@ -207,6 +208,34 @@ async def test_a_kill_no_replica_has_is_refused_as_durable_and_can_come_back(
             resume()
         await asyncio.to_thread(cluster.wait_failover, primary)
         assert await eventually(lambda: plain.get(app=APP, token=token)) is not None
+
+
+async def test_a_durable_kill_sent_on_by_ask_is_not_reported_durable(
+    healed_cluster: LocalCluster, namespace: str
+) -> None:
+    # The slot is half moved with every key on the new owner, whose replica is cut
+    # off: the kill runs there (ASK), and no replica of that node has it. Counting the
+    # replicas of the old owner, which wrote nothing, would report it durable.
+    cluster = healed_cluster
+    options = {"durable_kills": 1, "durable_wait": 0.3, "redis_timeout": 2.0}
+    async with store(cluster, namespace, **options) as rs:
+        token = (await rs.create(app=APP, id="asked", ip=IP))["token"]
+        layout = rs.layout
+        assert isinstance(layout, ClusterLayout)
+        slot = layout.slot(layout.bucket_of_token(token))
+        source = cluster.node_for_slot(slot)
+        target = next(p for p in cluster.primaries() if p != source)
+        cluster.wait_replicas_caught_up()
+        migration = cluster.migrate_slot(slot, target, stop_after_keys=1000)
+        assert migration.keys_left() == 0
+        [replica] = cluster.replicas(of=target)
+        resume = _cut_off(cluster, replica, target)
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await rs.kill(app=APP, token=token)
+        finally:
+            resume()
+        await asyncio.to_thread(migration.finish)
 
 
 # A slot caught half moved

@@ -1,10 +1,16 @@
 """aiohttp integration of cached-sessions: middleware, request-scoped sessions, demo."""
 
-from .errors import AnonymousSessionError, SessionStoreUnavailable
-from .events import SessionEvent, SessionEvents
+from cached_sessions.web import (
+    AnonymousSessionError,
+    SavePolicy,
+    Session,
+    SessionEvent,
+    SessionStoreUnavailable,
+    TokenSigner,
+)
+
+from .events import SessionEvents
 from .middleware import SessionConfig, get_session, get_store, setup_sessions
-from .session import SavePolicy, Session
-from .signing import TokenSigner
 
 __all__ = [
     "AnonymousSessionError",

@@ -10,34 +10,15 @@ characters of a token.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from aiohttp import web
 from aiosignal import Signal
 
+from cached_sessions.web.events import SessionEvent, log_event
+
 __all__ = ["SessionEvent", "SessionEvents"]
 
 log = logging.getLogger("aiohttp_ext.sessions")
-
-LEVELS = {
-    "missed": logging.INFO,
-    "invalid": logging.WARNING,
-    "expired": logging.INFO,
-    "created": logging.INFO,
-    "destroyed": logging.INFO,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEvent:
-    kind: str  # missed, invalid, expired, created or destroyed
-    reason: str
-    user_id: str | None = None
-    token_hint: str | None = None  # the first six characters, for correlating logs
-
-
-def hint(token: str | None) -> str | None:
-    return f"{token[:6]}..." if token else None
 
 
 class SessionEvents:
@@ -64,11 +45,7 @@ class SessionEvents:
         ]
 
     async def emit(self, request: web.Request, event: SessionEvent) -> None:
-        log.log(
-            LEVELS[event.kind],
-            "session %s: %s (user %s, token %s)",
-            event.kind, event.reason, event.user_id, event.token_hint,
-        )  # fmt: skip
+        log_event(log, event)
         signal: Signal[web.Request, SessionEvent] = getattr(self, f"on_session_{event.kind}")
         if signal.frozen and len(signal):
             await signal.send(request, event)

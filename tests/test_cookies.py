@@ -18,13 +18,13 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aiohttp_ext.cookies import (
+from aiohttp_ext.cookies import request_cookie
+from cached_sessions.web.cookie_header import (
     _PLAIN_HEADER,
     MAX_COOKIE_PAIRS,
     CookieScanner,
     TooManyCookies,
     cookie_values,
-    request_cookie,
 )
 
 NAME = "sid"

@@ -216,7 +216,7 @@ async def test_signed_double_submit_cookie_refuses_a_planted_key(make_client: Ma
     )
     assert ok.status == 200
     # A key planted by someone who cannot sign it (a subdomain setting a cookie).
-    from aiohttp_ext.csrf import csrf_token
+    from cached_sessions.web.csrf import csrf_token
 
     planted = "attacker-chosen-key"
     forged = await client.post(

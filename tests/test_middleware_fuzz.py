@@ -48,8 +48,8 @@ from hypothesis.control import currently_in_test_context
 from redis.asyncio import Redis
 
 from aiohttp_ext import get_session, setup_sessions
-from aiohttp_ext.cookies import MAX_COOKIE_PAIRS
 from cached_sessions import RedisSessions
+from cached_sessions.web.cookie_header import MAX_COOKIE_PAIRS
 from tests.servers import ServerProcess
 
 APP = "fuzz"

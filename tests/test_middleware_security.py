@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aiohttp_ext import SessionEvent, TokenSigner, get_session, setup_sessions
-from aiohttp_ext.csrf import ANONYMOUS_KEY_LIFETIME, csrf_token
 from cached_sessions import RedisSessions
+from cached_sessions.web.csrf import ANONYMOUS_KEY_LIFETIME, csrf_token
 from tests.cookies import set_cookies
 from tests.servers import ServerProcess
 

@@ -4,22 +4,25 @@ Reads come from the copy loaded at the start of the request. Assignments are che
 at once (so a bad value fails where it is written) and remembered as changes; the
 middleware writes only the changed and deleted keys, once, before the response
 headers go out. An anonymous session (no user yet) holds no data: `upgrade()` first.
+
+A Session is data plus change tracking. What needs I/O (`upgrade`, `save`, `destroy`,
+...) goes through the request's Exchange, which owns no session and no request, so
+nothing here links back to the request: no cycle, no weak reference.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cached_sessions import SessionDict
 from cached_sessions.validation import dump_value, validate_data_item
 
 from . import csrf
-from .errors import AnonymousSessionError, SessionStoreUnavailable
+from .errors import AnonymousSessionError
 
 if TYPE_CHECKING:
-    from .middleware import RequestState
+    from .exchange import Exchange
 
 __all__ = ["AnonymousSessionError", "SavePolicy", "Session"]
 
@@ -34,11 +37,13 @@ class Session(MutableMapping[str, Any]):
     anonymous (`on_unavailable="anonymous"`).
     """
 
-    __slots__ = ("_changes", "_data", "_save_policy", "_state", "_stored", "_token", "unavailable")
+    __slots__ = (
+        "_changes", "_data", "_exchange", "_save_policy", "_stored", "_token", "unavailable",
+    )  # fmt: skip
 
-    def __init__(self, state: RequestState, stored: SessionDict | None, token: str | None) -> None:
-        # Weak: the state owns this session, and a strong link back would be a cycle.
-        self._state: RequestState = cast("RequestState", weakref.proxy(state))
+    def __init__(self, exchange: Exchange, stored: SessionDict | None, token: str | None) -> None:
+        # The exchange does the I/O; it links to neither this session nor the request.
+        self._exchange = exchange
         self._stored = stored
         self._token = token
         # The store hands every caller a copy of `d`: this session may own it.
@@ -133,35 +138,16 @@ class Session(MutableMapping[str, Any]):
     def to_dict(self) -> dict[str, Any]:
         return dict(self._data)
 
-    # Operations on the store
+    # Operations on the store: each goes through the request's Exchange, which holds
+    # no link to this session nor to the request (see exchange.py).
 
     async def save(self) -> None:
         """Write the pending changes now (the middleware does it once per request)."""
-        if self._token is None or self._save_policy == "never":
-            return
-        state = self._state
-        if self._save_policy == "always" and not self._changes:
-            if not self._data:
-                await state.store.get(app=state.app, token=self._token)
-                return
-            self._changes = dict(self._data)
-        if not self._changes:
-            return
-        changes, self._changes = self._changes, {}
-        try:
-            stored = await state.store.set(app=state.app, token=self._token, d=changes)
-        except BaseException:
-            self._changes = {**changes, **self._changes}
-            raise
-        self._adopt(stored)
+        await self._exchange.save(self)
 
     async def reload(self) -> None:
         """Read the session again from Redis, dropping changes not yet saved."""
-        self._changes = {}
-        if self._token is None:
-            return
-        state = self._state
-        self._adopt(await state.store.get(app=state.app, token=self._token))
+        await self._exchange.reload(self)
 
     async def upgrade(self, user_id: str, ttl: int | None = None) -> None:
         """Log in: a new session (and token) for `user_id`; the old one is killed.
@@ -169,50 +155,15 @@ class Session(MutableMapping[str, Any]):
         Always a new token, even for a session that is logged in already, so a token
         known before the login (session fixation) never gains the user's rights.
         """
-        state = self._state
-        created = await state.store.create(
-            app=state.app,
-            id=user_id,
-            ip=state.client_ip(),
-            ttl=ttl if ttl is not None else state.ttl(),
-        )
-        old, self._token = self._token, created["token"]
-        self._changes = {}
-        stored = await state.store.get(app=state.app, token=self._token)
-        self._stored = stored
-        self._data = {}
-        state.set_cookie(self._token)
-        if old is not None:
-            await state.store.kill(app=state.app, token=old)
-            await state.emit("destroyed", "replaced by a new login", old, user_id)
-        await state.emit("created", "upgrade", self._token, user_id)
+        await self._exchange.upgrade(self, user_id, ttl)
 
     async def destroy(self) -> None:
         """Log out: kill this session and clear the cookie."""
-        self._refuse_if_unavailable("log out")
-        if self._token is not None:
-            await self._state.store.kill(app=self._state.app, token=self._token)
-        await self._ended("logout")
+        await self._exchange.destroy(self)
 
     async def destroy_all(self) -> None:
         """Log this user out everywhere: every session of the user id, in every worker."""
-        self._refuse_if_unavailable("log out everywhere")
-        if self.user_id is not None:
-            await self._state.store.killsoid(app=self._state.app, id=self.user_id)
-        await self._ended("logout everywhere")
-
-    def _refuse_if_unavailable(self, action: str) -> None:
-        # The request went on anonymous only because Redis was away: the real session
-        # may still exist, so saying "logged out" would be a lie. The middleware answers
-        # 503 instead, and the cookie stays.
-        if self.unavailable:
-            raise SessionStoreUnavailable(f"cannot {action} while the session store is away")
-
-    async def _ended(self, reason: str) -> None:
-        if self._token is not None:
-            await self._state.emit("destroyed", reason, self._token, self.user_id)
-        self._become_anonymous()
-        self._state.clear_cookie()
+        await self._exchange.destroy_all(self)
 
     async def kill_by(self, field: str, value: str | int | float | bool) -> int:
         """Kill every session whose data holds `field` = `value` (a `references` key).
@@ -221,49 +172,60 @@ class Session(MutableMapping[str, Any]):
         is decided as the store decides, on the stored JSON text: `True` is not `1`, and
         `1` is not `1.0`, though Python finds them equal.
         """
-        state = self._state
-        killed = (await state.store.kill_by(app=state.app, field=field, value=value))["kill"]
-        if self._stored is not None and self._holds(field, value):
-            await self._ended(f"kill_by {field}")
-        return killed
+        return await self._exchange.kill_by(self, field, value)
 
-    def _holds(self, field: str, value: str | int | float | bool) -> bool:
+    def holds(self, field: str, value: str | int | float | bool) -> bool:
+        """Whether the data holds `field` = `value`, compared as stored JSON text."""
         return field in self._data and dump_value(self._data[field]) == dump_value(value)
 
     async def csrf_token(self) -> str:
         """A CSRF token for this session: put it in forms or the X-CSRF-Token header."""
-        key = self._state.csrf_key(create=True)
-        assert key is not None
+        key = self._exchange.csrf_key(self._token, create=True)
+        assert key is not None  # create=True always gives one
         return csrf.csrf_token(key)
 
     async def verify_csrf(self, token: object) -> bool:
         """Whether `token` was made for this session (constant-time)."""
-        return csrf.verify_csrf(self._state.csrf_key(create=False), token)
+        return csrf.verify_csrf(self._exchange.csrf_key(self._token, create=False), token)
 
     async def soid(self) -> list[SessionDict]:
         """The live sessions of this user (empty when anonymous)."""
-        if self._stored is None:
-            return []
-        state = self._state
-        return (await state.store.soid(app=state.app, id=self._stored["id"]))["sessions"]
+        user_id = self.user_id
+        return [] if user_id is None else await self._exchange.soid(user_id)
 
     async def soapp(self, delta_time: int = 600) -> list[SessionDict]:
-        state = self._state
-        return (await state.store.soapp(app=state.app, delta_time=delta_time))["sessions"]
+        return await self._exchange.soapp(delta_time)
 
     async def activity(self, delta_time: int = 600) -> int:
-        state = self._state
-        return (await state.store.activity(app=state.app, delta_time=delta_time))["activity"]
+        return await self._exchange.activity(delta_time)
 
-    def _adopt(self, stored: SessionDict | None) -> None:
-        """Take what Redis holds now; None: killed or expired meanwhile (another worker
-        logged this user out), so the request goes on anonymous."""
-        if stored is None:
-            self._become_anonymous()
-            self._state.clear_cookie()
-        else:
-            self._stored = stored
-            self._data = stored.get("d") or {}
+    # Change tracking, for the Exchange
+
+    def _take_changes(self) -> dict[str, Any]:
+        """The changes to write, as the save policy says; they are pending no more."""
+        if self._save_policy == "always" and not self._changes:
+            self._changes = dict(self._data)
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def _restore_changes(self, changes: dict[str, Any]) -> None:
+        """A write failed: its changes are pending again, under any made meanwhile."""
+        self._changes = {**changes, **self._changes}
+
+    def _drop_changes(self) -> None:
+        self._changes = {}
+
+    def _log_in(self, stored: SessionDict | None, token: str) -> None:
+        """A new token and what Redis holds for it; no data, no changes."""
+        self._token = token
+        self._stored = stored
+        self._data = {}
+        self._changes = {}
+
+    def _adopt(self, stored: SessionDict) -> None:
+        """Take what Redis holds now."""
+        self._stored = stored
+        self._data = stored.get("d") or {}
 
     def _become_anonymous(self) -> None:
         self._stored = None

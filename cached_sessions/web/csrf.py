@@ -17,26 +17,28 @@ ANONYMOUS_KEY_LIFETIME has passed, and a form rendered later gets a new one.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import re
 import secrets
 from collections.abc import Iterable
 
-from aiohttp import web
+from .signing import mac
 
 __all__ = [
     "ANONYMOUS_KEY_LIFETIME",
     "FORM_FIELD",
+    "FORM_TYPES",
     "HEADER",
+    "MISSING_TOKEN",
     "SAFE_METHODS",
     "anonymous_key",
     "anonymous_key_cookie",
     "cross_origin",
+    "cross_site_refusal",
     "csrf_token",
     "new_key",
     "trusted_origins",
+    "unreadable_form",
     "verify_csrf",
 ]
 
@@ -59,27 +61,22 @@ _HOST = re.compile(r"([a-z0-9._~-]+|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
 Origin = tuple[str, str, int | None]  # scheme, host, port (None: unknown default)
 
 
-def _mac(key: str, salt: str) -> str:
-    digest = hmac.new(key.encode("utf-8"), salt.encode("ascii"), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
 def new_key() -> str:
     return secrets.token_urlsafe(32)
 
 
 def csrf_token(key: str) -> str:
     salt = secrets.token_urlsafe(12)
-    return f"{salt}.{_mac(key, salt)}"
+    return f"{salt}.{mac(key.encode('utf-8'), salt)}"
 
 
 def verify_csrf(key: str | None, token: object) -> bool:
     if key is None or not isinstance(token, str) or not token.isascii():
         return False
-    salt, dot, mac = token.partition(".")
+    salt, dot, signature = token.partition(".")
     if not dot or not salt:
         return False
-    return hmac.compare_digest(_mac(key, salt), mac)
+    return hmac.compare_digest(mac(key.encode("utf-8"), salt), signature)
 
 
 # The anonymous key's cookie
@@ -130,35 +127,59 @@ def trusted_origins(origins: Iterable[object]) -> frozenset[Origin]:
     return frozenset(checked)
 
 
-def _own_origins(request: web.BaseRequest) -> set[Origin]:
-    """This site's origin as the request names it. `https` is always one: behind a
-    proxy that ends TLS the request arrives as http, and only this site can answer for
-    its host over https. An http page of the host is trusted only when the request
-    itself came over http (as aiohttp sees it)."""
-    match = _HOST.fullmatch(request.host.lower())
+def _own_origins(host: str, scheme: str) -> set[Origin]:
+    """This site's origin as the request names it (its Host header and the scheme it
+    came over). `https` is always one: behind a proxy that ends TLS the request arrives
+    as http, and only this site can answer for its host over https. An http page of the
+    host is trusted only when the request itself came over http."""
+    match = _HOST.fullmatch(host.lower())
     if match is None:
         return set()
-    host, port = match.groups()
+    name, port = match.groups()
     return {
-        (scheme, host, int(port) if port else _DEFAULT_PORTS.get(scheme))
-        for scheme in {request.scheme, "https"}
+        (each, name, int(port) if port else _DEFAULT_PORTS.get(each)) for each in {scheme, "https"}
     }
 
 
-def cross_origin(request: web.BaseRequest, trusted: frozenset[Origin]) -> str | None:
+def cross_origin(
+    origin: str | None,
+    fetch_site: str | None,
+    host: str,
+    scheme: str,
+    trusted: frozenset[Origin],
+) -> str | None:
     """Why the browser says this request comes from another site, or None.
 
-    Without `Origin` (older browsers, and clients that are not browsers, which carry
-    no ambient cookies to abuse) `Sec-Fetch-Site` decides; without either, the token
-    check alone does. `same-site` is refused too: a sibling subdomain is another origin.
+    `origin` and `fetch_site` are the `Origin` and `Sec-Fetch-Site` headers. Without
+    `Origin` (older browsers, and clients that are not browsers, which carry no ambient
+    cookies to abuse) `Sec-Fetch-Site` decides; without either, the token check alone
+    does. `same-site` is refused too: a sibling subdomain is another origin.
     """
-    origin = request.headers.get("Origin")
     if origin is None:
-        site = request.headers.get("Sec-Fetch-Site")
+        site = fetch_site
         if site is None or site in ("same-origin", "none"):
             return None
         return f"the browser says it comes from another site (Sec-Fetch-Site: {site})"
     parsed = _origin(origin)
-    if parsed is not None and (parsed in trusted or parsed in _own_origins(request)):
+    if parsed is not None and (parsed in trusted or parsed in _own_origins(host, scheme)):
         return None
     return f"it comes from {origin[:100]!r}, which is not this site nor in trusted_origins"
+
+
+# The refusals, worded once for every adapter
+
+MISSING_TOKEN = (
+    f"CSRF token missing or invalid: send it in the {HEADER} header "
+    f"or the {FORM_FIELD} form field.\n"
+)
+
+
+def cross_site_refusal(why: str) -> str:
+    return f"Cross-site request refused: {why}.\n"
+
+
+def unreadable_form(error: Exception) -> str:
+    return (
+        f"The form body could not be read ({type(error).__name__}: {str(error)[:100]}); "
+        f"send a well-formed form, or the CSRF token in the {HEADER} header.\n"
+    )

@@ -16,12 +16,19 @@ from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 
-__all__ = ["TokenSigner"]
+__all__ = ["TokenSigner", "mac"]
 
 MIN_SECRET_BYTES = 32
 MIN_SECRET_BITS = 64  # a random 32-character hex string shows 85 or more
 MAX_PATTERN = 64  # the longest repeated pattern looked for (bytes)
 HOW_TO_MAKE_ONE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def mac(key: bytes, message: str) -> str:
+    """HMAC-SHA256 of `message` under `key`, URL-safe base64 without padding: the one
+    MAC of signed cookies and CSRF tokens."""
+    digest = hmac.new(key, message.encode("utf-8"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def _spread_bits(key: bytes) -> float:
@@ -74,19 +81,15 @@ class TokenSigner:
     def __repr__(self) -> str:
         return f"TokenSigner(<{len(self._keys)} secrets>)"
 
-    def _mac(self, key: bytes, token: str) -> str:
-        digest = hmac.new(key, token.encode("ascii"), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
     def sign(self, token: str) -> str:
-        return f"{token}.{self._mac(self._keys[0], token)}"
+        return f"{token}.{mac(self._keys[0], token)}"
 
     def verify(self, value: str) -> tuple[str, bool] | None:
         """`(token, signed_with_the_current_key)`, or None when the signature is wrong."""
-        token, dot, mac = value.partition(".")
-        if not dot or not token.isascii() or not mac.isascii():
+        token, dot, signature = value.partition(".")
+        if not dot or not token.isascii() or not signature.isascii():
             return None
         for index, key in enumerate(self._keys):
-            if hmac.compare_digest(self._mac(key, token), mac):
+            if hmac.compare_digest(mac(key, token), signature):
                 return token, index == 0
         return None

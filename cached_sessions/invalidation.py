@@ -18,9 +18,13 @@ Where to listen depends on the deployment (`routes_for`):
 * Redis Cluster: one connection per primary, `SSUBSCRIBE` to each bucket channel it
   owns. The server unsubscribes a shard channel whose slot moves away or whose node is
   demoted, and a dead primary breaks its connection: each is a loss, after which the
-  slot map is read again. redis-py's `ClusterPubSub` is not used: it moves shard
-  subscriptions to their new node by itself, so the messages published meanwhile are
-  missed with no sign, which the never-stale rule cannot allow.
+  slot map is read again. Each node is also asked, before it is trusted and every ping
+  interval after, whether it is a primary that owns its buckets' slots with none of them
+  migrating: while one migrates, writes sent on by ASK run on the importing node and
+  publish there, so the cache is bypassed until the move ends. redis-py's
+  `ClusterPubSub` is not used: it moves shard subscriptions to their new node by
+  itself, so the messages published meanwhile are missed with no sign, which the
+  never-stale rule cannot allow.
 
 redis-py would reconnect and resubscribe silently; these connections have no retries,
 so every loss surfaces, and a second confirmation of one channel counts as a loss too.
@@ -32,6 +36,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -75,15 +80,17 @@ class SubscriptionLost(Exception):
 class Route:
     """One pub/sub connection: the client it uses, and the channels it listens to.
 
-    `still_current`, when given, is asked every ping interval whether the server is
-    still the one to listen to (Sentinel: still the primary); an error or no answer
-    within the ping timeout counts as "no".
+    `still_current`, when given, is asked before the route is trusted and every ping
+    interval after whether the server is still the one to listen to (Sentinel: still
+    the primary; Cluster: still the settled owner of its slots); an error or no answer
+    within the ping timeout counts as "no", and "no" is a loss named `changed`.
     """
 
     client: Redis
     channels: list[str]
     name: str
     still_current: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
+    changed: str = "primary_changed"
 
 
 RouteSource = Callable[[], Awaitable[list[Route]]]
@@ -185,7 +192,7 @@ async def _cluster_routes(cluster: RedisCluster, layout: ClusterLayout) -> list[
     # Read the slot map afresh: after a failover the client's own map may be stale
     # until a command of its own meets a MOVED.
     slots: Any = await cluster.cluster_slots(target_nodes=RedisCluster.RANDOM)
-    by_node: dict[tuple[str, int], list[str]] = {}
+    by_node: dict[tuple[str, int], list[int]] = {}
     for bucket in range(layout.buckets):
         slot = layout.slot(bucket)
         owner = next(
@@ -193,17 +200,45 @@ async def _cluster_routes(cluster: RedisCluster, layout: ClusterLayout) -> list[
         )
         if owner is None:
             raise SubscriptionLost("slot_not_covered")
-        by_node.setdefault((str(owner[0]), int(owner[1])), []).append(layout.channel(bucket))
+        by_node.setdefault((str(owner[0]), int(owner[1])), []).append(bucket)
     settings = cluster.get_connection_kwargs()
     connection_class = _plain_class(settings.get("connection_class") or Connection)
-    return [
-        Route(
-            _plain_client({**settings, "host": host, "port": port}, connection_class),
-            channels,
-            f"primary {host}:{port}",
+    routes = []
+    for (host, port), buckets in sorted(by_node.items()):
+        client = _plain_client({**settings, "host": host, "port": port}, connection_class)
+        owned = {layout.slot(bucket) for bucket in buckets}
+        routes.append(
+            Route(
+                client,
+                [layout.channel(bucket) for bucket in buckets],
+                f"primary {host}:{port}",
+                partial(_owns_settled, client, owned),
+                changed="slots_changed",
+            )
         )
-        for (host, port), channels in sorted(by_node.items())
-    ]
+    return routes
+
+
+async def _owns_settled(client: Redis, slots: set[int]) -> bool:
+    """Whether the node, asked itself, is a primary that owns these slots, none of them
+    migrating. Asked before a route is trusted (the map came from any node, maybe a
+    stale one) and every ping interval after: while a slot migrates, writes sent on by
+    ASK run on the importing node and publish there, where this route does not listen.
+    """
+    text = await client.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
+    myself = next((line for line in _text(text).splitlines() if "myself" in line.split()[2]), "")
+    fields = myself.split()
+    if len(fields) < 8 or "master" not in fields[2].split(","):
+        return False
+    owned: set[int] = set()
+    for entry in fields[8:]:
+        if entry.startswith("["):
+            if int(entry[1:].split("-", 1)[0]) in slots:
+                return False  # [slot->-target] or [slot-<-source]: on the move
+            continue
+        low, _, high = entry.partition("-")
+        owned.update(range(int(low), int(high or low) + 1))
+    return slots <= owned
 
 
 class Subscriber:
@@ -264,6 +299,14 @@ class Subscriber:
         """Listen on every route at once; returns only by raising the first loss."""
         async with asyncio.timeout(ROUTES_TIMEOUT):
             routes = await self._routes()
+            try:
+                for route in routes:
+                    if route.still_current is not None and not await route.still_current():
+                        raise SubscriptionLost(route.changed)
+            except BaseException:
+                for route in routes:
+                    await route.client.aclose(close_connection_pool=True)
+                raise
         unconfirmed = {route.name for route in routes}
 
         def on_confirmed(route: Route) -> None:
@@ -348,7 +391,7 @@ class Subscriber:
                 raise_if_cancelling()
                 raise SubscriptionLost("primary_unknown") from error
             if not current:
-                raise SubscriptionLost("primary_changed")
+                raise SubscriptionLost(route.changed)
 
     async def _subscribe(self, pubsub: Any, channels: Sequence[str]) -> None:
         if not self._sharded:

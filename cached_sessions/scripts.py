@@ -53,6 +53,12 @@ Call = tuple[Sequence[str], Sequence[Any]]  # keys, args
 MIGRATION_PAUSE = 0.02  # between tries of a call that met a slot on the move
 MAX_DECLARE_ROUNDS = 8  # a call whose needs change faster than this is retried later
 MAX_TRIES = 10_000
+# Scripts about one session that ask (`need`) for every key but the session's own
+# before they write. While a slot migrates, a call whose declared keys are split, or
+# missing on both sides (an unknown token), gets TRYAGAIN until the move ends; with the
+# session key alone it is sent on by ASK, and a session that is gone is answered at
+# once. One that exists then asks for the rest, and waits only if they are split.
+NARROWABLE = frozenset({"get", "set", "kill"})
 
 
 def undeclared_keys(error: BaseException) -> list[str] | None:
@@ -119,9 +125,11 @@ def script_source(operation: str, header: str) -> str:
 
 @dataclass(slots=True)
 class _Attempt:
-    """One call's keys so far, and how often a script asked for more."""
+    """One call's keys so far, how often a script asked for more, and whether it may
+    go again with its first key alone (see NARROWABLE)."""
 
     declared: list[str]
+    narrowable: bool = False
     rounds: int = 0
 
 
@@ -170,10 +178,13 @@ class Scripts:
     def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
         """One script call, to await. Not itself a coroutine: one frame less per call."""
         # EVALSHA straight away: redis-py's script wrapper costs a few µs a call.
-        return self.slots.call(self._evalsha, self._scripts[operation], keys, args)
+        script = self._scripts[operation]
+        return self.slots.call(self._evalsha, script, keys, args, operation in NARROWABLE)
 
-    async def _evalsha(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        attempt = _Attempt(list(keys))
+    async def _evalsha(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], narrowable: bool
+    ) -> Any:
+        attempt = _Attempt(list(keys), narrowable)
         # Bounded by the call's deadline (slots.py) as much as by this count.
         for _ in range(MAX_TRIES):
             try:
@@ -194,6 +205,10 @@ class Scripts:
         if wanted is not None and attempt.rounds < MAX_DECLARE_ROUNDS:
             attempt.rounds += 1
             attempt.declared += [key for key in wanted if key not in attempt.declared]
+            return True
+        if wanted is None and _in_migration(error) and attempt.narrowable:
+            attempt.narrowable = False  # once: a session that exists asks for the rest
+            attempt.declared = attempt.declared[:1]
             return True
         if wanted is None and _in_migration(error):
             await asyncio.sleep(MIGRATION_PAUSE)
@@ -240,7 +255,9 @@ class Scripts:
             script = self._scripts[operation]
             again = await asyncio.gather(
                 *(
-                    self.slots.call(self._evalsha, script, *self._with_wanted(calls[i], results[i]))
+                    self.slots.call(
+                        self._evalsha, script, *self._with_wanted(calls[i], results[i]), False
+                    )
                     for i in retry
                 ),
                 return_exceptions=True,

@@ -17,10 +17,10 @@ from functools import partial
 from types import TracebackType
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import RedisError, ResponseError
 
 from .cache import SessionCache
 from .connect import connect, is_cluster_url, redacted_url
@@ -65,8 +65,6 @@ DEFAULT_BATCH = 100
 # `d` read (lua/_lib.lua counts a removal and a parse as fixed amounts too): at most a
 # few milliseconds of Redis time, whatever the sessions hold and whatever `batch` says.
 WORK_BUDGET = 1024 * 1024
-# A batch that fails for these reasons leaves the kill resumable (IncompleteKillError).
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 DEFAULT_TOUCH_INTERVAL = 2.0
 DEFAULT_PING_INTERVAL = 1.0
 MIN_PING_TIMEOUT = 0.5
@@ -93,6 +91,15 @@ def _durability(replicas: object, wait: object, redis_timeout: float) -> Durabil
     if seconds >= redis_timeout:
         raise ValueError("durable_wait must be shorter than redis_timeout")
     return Durability(replicas, seconds)
+
+
+async def _close_with_sentinels(client: Redis) -> None:
+    """Close a client this store made; one from a Sentinel URL owns its sentinels too."""
+    pool = client.connection_pool
+    await client.aclose(close_connection_pool=True)
+    if isinstance(pool, SentinelConnectionPool):
+        for sentinel in pool.sentinel_manager.sentinels:
+            await sentinel.aclose(close_connection_pool=True)
 
 
 def _raw_values(d: dict[str, Any]) -> dict[str, str]:
@@ -265,7 +272,10 @@ class RedisSessions:
             except Exception as error:
                 log.warning("could not write the last cached reads on close (%s)", error)
         self._closed = True
-        self._scripts = None
+        # A first use may be starting the store right now: let it finish, so that
+        # nothing it starts is left running (it sees `_closed` and stops short after).
+        async with self._start_lock:
+            self._scripts = None
         if self._cache is not None:
             await self._cache.aclose()
         tasks, self._tasks = self._tasks, []
@@ -284,7 +294,7 @@ class RedisSessions:
         elif isinstance(client, RedisCluster):
             await client.aclose()
         else:
-            await client.aclose(close_connection_pool=True)
+            await _close_with_sentinels(client)
         embedded, self._embedded = self._embedded, None
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -617,7 +627,10 @@ class RedisSessions:
         while pending:
             batch_args = [self._now(), *args, self._batch, WORK_BUDGET]
             calls = [(keys(bucket), batch_args) for bucket in pending]
-            results = await self._batch_round(scripts, operation, pending, calls, kills)
+            try:
+                results = await self._batch_round(scripts, operation, pending, calls, kills)
+            except (RedisError, OSError) as error:  # the whole round failed
+                results = [error] * len(pending)
             failure, left = None, []
             for bucket, result in zip(pending, results, strict=True):
                 if isinstance(result, Exception):
@@ -627,7 +640,9 @@ class RedisSessions:
                 total += int(done)
                 if int(more):
                     left.append(bucket)
-            if isinstance(failure, _UNAVAILABLE):
+            # Any failure of Redis (unreachable, a failover's CLUSTERDOWN or READONLY, a
+            # deadline) says how far the kill got; the error of an input is raised as is.
+            if isinstance(failure, RedisError | OSError):
                 raise IncompleteKillError(operation, total, failure) from failure
             if failure is not None:
                 raise failure

@@ -142,7 +142,8 @@ async def test_a_slot_moving_away_is_a_lost_subscription(
         source = healed_cluster.node_for_slot(slot)
         target = next(p for p in healed_cluster.primaries() if p != source)
         await asyncio.to_thread(healed_cluster.migrate_slot, slot, target)
-        await until(lambda: rs.cache_stats()["flush_reasons"].get("unsubscribed", 0) >= 1)
+        reasons = ("slots_changed", "unsubscribed")  # seen migrating, or unsubscribed
+        await until(lambda: any(rs.cache_stats()["flush_reasons"].get(r) for r in reasons))
         await until(lambda: rs.cache_stats()["subscribed"])
         # Subscribed on the new owner: a write there reaches this cache again.
         await rs.get(app=APP, token=token)
@@ -150,6 +151,37 @@ async def test_a_slot_moving_away_is_a_lost_subscription(
         async with store(healed_cluster, namespace) as writer:
             await writer.set(app=APP, token=token, d={"moved": True})
         await until(lambda: not rs.is_cached(token))
+
+
+async def test_a_write_sent_on_by_ask_is_never_missed(
+    healed_cluster: LocalCluster, namespace: str
+) -> None:
+    # Every key of the bucket has moved, the slot is not handed over yet: a kill runs
+    # on the importing node (ASK) and publishes there, where no subscriber listens. The
+    # reader saw the slot migrating and stopped trusting its cache before that.
+    cluster = healed_cluster
+    async with (
+        store(cluster, namespace, cachetime=30, ping_interval=0.2) as reader,
+        store(cluster, namespace) as writer,
+    ):
+        token = (await writer.create(app=APP, id="asked", ip=IP))["token"]
+        await reader.get(app=APP, token=token)
+        assert reader.is_cached(token)
+        layout = reader.layout
+        assert isinstance(layout, ClusterLayout)
+        slot = layout.slot(layout.bucket_of_token(token))
+        source = cluster.node_for_slot(slot)
+        target = next(p for p in cluster.primaries() if p != source)
+        migration = cluster.migrate_slot(slot, target, stop_after_keys=1000)
+        await until(lambda: not reader.is_cached(token))
+        assert reader.cache_stats()["flush_reasons"].get("slots_changed") == 1
+        assert await writer.kill(app=APP, token=token) == {"kill": 1}
+        assert await reader.get(app=APP, token=token) is None
+        await asyncio.to_thread(migration.finish)
+        try:
+            await until(lambda: reader.cache_stats()["subscribed"])
+        except AssertionError:
+            raise AssertionError(str(reader.cache_stats())) from None
 
 
 # Durable kills

@@ -16,9 +16,11 @@ and what the requests answered meanwhile (run with `-s` to see it).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -201,6 +203,22 @@ async def test_the_url_form_selects_its_database(sentinel: LocalSentinel, namesp
     with redis.Redis(host=HOST, port=sentinel.primary_port(), db=3) as db3:
         assert db3.exists(key) == 1
     assert sentinel.data_nodes[sentinel.primary_port()].client.exists(key) == 0
+
+
+async def test_a_store_closes_the_sentinel_connections_it_opened(
+    sentinel: LocalSentinel, namespace: str
+) -> None:
+    # An unclosed connection says so when it is collected (ResourceWarning).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            async with RedisSessions(url=sentinel_url(sentinel), namespace=namespace, wipe=0) as rs:
+                await rs.ping()
+        del rs
+        gc.collect()
+    ports = [str(port) for port in sentinel.sentinel_nodes]
+    unclosed = [str(w.message) for w in caught if any(port in str(w.message) for port in ports)]
+    assert unclosed == []
 
 
 async def test_a_client_passed_in_works_and_subscribes_on_the_primary(

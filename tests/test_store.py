@@ -559,6 +559,20 @@ async def test_aclose_closes_every_connection_and_task(
         await rs.get(app=APP, token="a" * 64)
 
 
+@pytest.mark.single_server
+async def test_aclose_during_the_first_use_leaves_nothing_running(
+    server: ServerProcess, namespace: str
+) -> None:
+    rs = RedisSessions(url=server.url, namespace=namespace, wipe=10, cachetime=30)
+    first = asyncio.create_task(rs.ping())
+    for _ in range(3):  # the first use is connecting and loading the scripts
+        await asyncio.sleep(0)
+    await rs.aclose()
+    await asyncio.gather(first, return_exceptions=True)
+    running = [t.get_name() for t in asyncio.all_tasks() if "cached-sessions" in t.get_name()]
+    assert running == []
+
+
 async def test_a_client_passed_in_stays_open(redis: Redis, namespace: str) -> None:
     async with RedisSessions(redis, namespace=namespace, wipe=0) as rs:
         await new(rs)

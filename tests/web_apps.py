@@ -238,8 +238,13 @@ async def _a_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def aiohttp_app(store: RedisSessions, seen: list[SessionEvent], **options: Any) -> web.Application:
-    app = web.Application()
+def aiohttp_app(
+    store: RedisSessions,
+    seen: list[SessionEvent],
+    client_max_size: int = 1024**2,
+    **options: Any,
+) -> web.Application:
+    app = web.Application(client_max_size=client_max_size)
     settings = {"app_name": APP, "secure": False, **options}
     events = aiohttp_ext.setup_sessions(app, store, **settings)
 

@@ -302,6 +302,26 @@ async def test_unavailable_wait_rides_out_a_short_outage(
     assert 0.3 < time.monotonic() - started < 5
 
 
+async def test_an_outage_answers_503_with_retry_after_and_recovers(
+    make_client: MakeClient, own_server: ServerProcess
+) -> None:
+    client = await make_client(url=own_server.url, cachetime=0)
+    token = (await (await client.post("/login")).json())["token"]
+    own_server.stop()
+    for method, path in (("GET", "/me"), ("POST", "/login"), ("GET", "/stream")):
+        response = await client.request(method, path, headers=sid(token))
+        assert response.status == 503, path
+        assert response.headers["Retry-After"] == "1"
+        assert "session store is unavailable" in await response.text()
+        assert "Set-Cookie" not in response.headers
+    own_server.start()
+    deadline = time.monotonic() + 30  # the store reconnects at once; a loaded host is slow
+    while (answer := await client.get("/me", headers=sid(token))).status == 503:
+        assert time.monotonic() < deadline, "no recovery after the restart"
+        await asyncio.sleep(0.05)
+    assert answer.status == 200  # the restarted server lost the session: anonymous
+
+
 def _restart_later(server: ServerProcess) -> None:
     time.sleep(0.5)
     server.start()

@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket
 
 import aiohttp_ext
 import asgi_ext
-from cached_sessions import RedisSessions, SessionsError
+from cached_sessions import InvalidInputError, RedisSessions
 from cached_sessions.web import AnonymousSessionError, Session, SessionEvent
 from tests.conftest import Deployment
 from tests.servers import free_port
@@ -134,7 +134,7 @@ async def change(session: Session, call: Call) -> Answer:
 async def bad_value(session: Session, call: Call) -> Answer:
     try:
         session["bad"] = [1, 2]
-    except SessionsError as error:
+    except InvalidInputError as error:
         return Reply({"error": str(error)}, 400)
     return Reply({"error": None})
 

@@ -20,7 +20,7 @@ import threading
 
 from aiohttp import web
 
-from cached_sessions import EmbeddedServer, RedisSessions, SessionsError
+from cached_sessions import EmbeddedServer, InvalidInputError, RedisSessions
 
 from . import get_session, get_store, setup_sessions
 
@@ -85,7 +85,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     session = await get_session(request)
     try:
         await session.upgrade(user)
-    except SessionsError as error:
+    except InvalidInputError as error:
         return _page(request, _login_form(f"That name cannot be used: {error}."), status=400)
     raise web.HTTPSeeOther("/")
 

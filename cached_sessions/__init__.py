@@ -7,6 +7,7 @@ from .embedded import EmbeddedServer
 from .errors import (
     IncompleteKillError,
     InvalidFormatError,
+    InvalidInputError,
     InvalidValueError,
     MissingParameterError,
     NotDurableError,
@@ -22,6 +23,7 @@ __all__ = [
     "EmbeddedServer",
     "IncompleteKillError",
     "InvalidFormatError",
+    "InvalidInputError",
     "InvalidValueError",
     "KeyLayout",
     "MissingParameterError",

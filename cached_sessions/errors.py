@@ -1,8 +1,11 @@
-"""The errors the store raises.
+"""The errors the library raises, all under one base: `except SessionsError` catches
+every one of them.
 
-Validation errors keep redis-sessions' `name` values (`missingParameter`,
-`invalidFormat`, `invalidValue`) so code that switches on them keeps working, and
-they are `ValueError`s because every one of them means "the caller passed bad input".
+Input errors derive from `InvalidInputError`, a `ValueError` too, because each means
+"the caller passed bad input"; they keep redis-sessions' `name` values
+(`missingParameter`, `invalidFormat`, `invalidValue`) so code that switches on them
+keeps working. The errors that mean "Redis failed" are redis-py's errors as well, so
+that code that turns those into a retry or a 503 does so here too.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 __all__ = [
     "IncompleteKillError",
     "InvalidFormatError",
+    "InvalidInputError",
     "InvalidValueError",
     "MissingParameterError",
     "NotDurableError",
@@ -22,8 +26,8 @@ __all__ = [
 ]
 
 
-class SessionsError(ValueError):
-    """Base of every input error; `name` is redis-sessions' error name."""
+class SessionsError(Exception):
+    """Base of every error this library raises; `name` is redis-sessions' error name."""
 
     name: str = "sessionsError"
 
@@ -35,39 +39,49 @@ class SessionsError(ValueError):
         return self.message
 
 
-class MissingParameterError(SessionsError):
+class InvalidInputError(SessionsError, ValueError):
+    """Base of the input errors: an argument was refused before any I/O."""
+
+    name = "invalidInput"
+
+
+class MissingParameterError(InvalidInputError):
     """A required argument was not given (None or empty)."""
 
     name = "missingParameter"
 
 
-class InvalidFormatError(SessionsError):
+class InvalidFormatError(InvalidInputError):
     """An argument has the wrong shape (app, token, id, ip)."""
 
     name = "invalidFormat"
 
 
-class InvalidValueError(SessionsError):
+class InvalidValueError(InvalidInputError):
     """An argument has the right shape but a value the store refuses (ttl, d, ...)."""
 
     name = "invalidValue"
 
 
-class StoredDataError(RuntimeError):
+class StoredDataError(SessionsError, RuntimeError):
     """Redis holds a session whose `d` this library cannot merge without losing data.
 
     Raised instead of rewriting it lossily; nothing was written.
     """
 
+    name = "storedData"
 
-class SessionsClosedError(RuntimeError):
+
+class SessionsClosedError(SessionsError, RuntimeError):
     """The store was used after `aclose()`."""
+
+    name = "sessionsClosed"
 
     def __init__(self) -> None:
         super().__init__("this RedisSessions is closed; create a new one")
 
 
-class NotDurableError(RedisTimeoutError):
+class NotDurableError(SessionsError, RedisTimeoutError):
     """A kill was applied on the primary, but fewer replicas than asked acknowledged
     it in time, so a failover now could bring the killed sessions back.
 
@@ -85,7 +99,7 @@ class NotDurableError(RedisTimeoutError):
         self.wanted = wanted
 
 
-class IncompleteKillError(RedisConnectionError, RedisTimeoutError):
+class IncompleteKillError(SessionsError, RedisConnectionError, RedisTimeoutError):
     """A batched kill (killall, kill_by, the wipe) stopped part way: Redis failed.
 
     Each batch is one atomic script, so what was killed is gone for good and what was

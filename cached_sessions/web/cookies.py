@@ -18,7 +18,7 @@ from email.utils import formatdate
 from http.cookies import Morsel
 from typing import NamedTuple
 
-from cached_sessions import SessionsError
+from cached_sessions import InvalidInputError
 from cached_sessions.validation import validate_token
 
 from .cookie_header import COOKIE_NAME
@@ -118,7 +118,7 @@ class CookiePolicy:
             return None
         try:
             token = validate_token(token)
-        except SessionsError:
+        except InvalidInputError:
             return None
         return PresentedToken(token, current, int(issued, 16) if tilde else None)
 

@@ -7,6 +7,8 @@ from typing import Final
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cached_sessions.errors import SessionsError
+
 __all__ = [
     "REDIS_AWAY",
     "RETRY_AFTER_SECONDS",
@@ -17,12 +19,16 @@ __all__ = [
 ]
 
 
-class SessionStoreUnavailable(Exception):
+class SessionStoreUnavailable(SessionsError):
     """Redis could not be reached; the middleware answers 503 with Retry-After."""
 
+    name = "sessionStoreUnavailable"
 
-class AnonymousSessionError(RuntimeError):
+
+class AnonymousSessionError(SessionsError, RuntimeError):
     """Data was written to a session that has no user yet."""
+
+    name = "anonymousSession"
 
     def __init__(self) -> None:
         super().__init__(

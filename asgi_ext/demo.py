@@ -1,0 +1,142 @@
+"""`python -m asgi_ext.demo`: the demo page of `aiohttp_ext.demo` on Starlette and uvicorn.
+
+uvicorn runs the worker processes (two by default) on one port; each has its own
+session cache, all share one Redis (REDIS_URL, --redis-url, else an embedded server
+that this process starts and stops). Logging out everywhere in one worker logs the
+user out in all of them at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import logging
+import os
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from cached_sessions import EmbeddedServer, InvalidInputError, RedisSessions
+
+from . import SessionMiddleware, get_session
+
+log = logging.getLogger("asgi_ext.demo")
+
+APP_NAME = "demo"
+URL_VARIABLE = "CACHED_SESSIONS_DEMO_URL"  # how the workers learn the Redis URL
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>cached-sessions demo</title></head><body>
+<h1>cached-sessions demo</h1>
+<p id="worker">Served by the worker of pid {pid}</p>
+{body}
+</body></html>
+"""
+
+
+def _page(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(PAGE.format(pid=os.getpid(), body=body), status_code=status)
+
+
+def _login_form(error: str = "") -> str:
+    message = f'<p class="error" id="error">{html.escape(error)}</p>' if error else ""
+    return f"""<p id="who">Not logged in.</p>{message}
+<form method="post" action="/login"><label>Name <input name="user" id="user" required></label>
+<button id="login">Log in</button></form>"""
+
+
+async def index(request: Request) -> Response:
+    session = await get_session(request)
+    if session.user_id is None:
+        return _page(_login_form())
+    session["visits"] = int(session.get("visits", 0)) + 1
+    rows = "".join(
+        f"<tr><td>{html.escape(s['ip'])}</td><td>{s['r']}</td><td>{s['idle']} s</td></tr>"
+        for s in await session.soid()
+    )
+    name = html.escape(session.user_id)
+    return _page(f"""<p id="who">Logged in as <strong id="user-id">{name}</strong>.
+This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
+<table id="sessions"><tr><th>ip</th><th>reads</th><th>idle</th></tr>{rows}</table>
+<form method="post" action="/logout"><button id="logout">Log out</button></form>
+<form method="post" action="/logout-everywhere"><button id="logout-everywhere">
+Log out everywhere</button></form>""")
+
+
+async def login(request: Request) -> Response:
+    user = str((await request.form()).get("user", "")).strip()
+    session = await get_session(request)
+    try:
+        await session.upgrade(user)
+    except InvalidInputError as error:
+        return _page(_login_form(f"That name cannot be used: {error}."), status=400)
+    return RedirectResponse("/", status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    await (await get_session(request)).destroy()
+    return RedirectResponse("/", status_code=303)
+
+
+async def logout_everywhere(request: Request) -> Response:
+    await (await get_session(request)).destroy_all()
+    return RedirectResponse("/", status_code=303)
+
+
+async def me(request: Request) -> Response:
+    session = await get_session(request)
+    return JSONResponse({"pid": os.getpid(), "user": session.user_id})
+
+
+def make_app(redis_url: str, *, cachetime: float = 30) -> Starlette:
+    """The demo app; its store starts and closes with the server's lifespan."""
+    routes = [
+        Route("/", index),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/logout-everywhere", logout_everywhere, methods=["POST"]),
+        Route("/api/me", me),
+    ]
+    app = Starlette(routes=routes)
+    # Plain HTTP on loopback: the cookie cannot be Secure. Behind TLS keep secure=True.
+    store = RedisSessions(url=redis_url, cachetime=cachetime)
+    app.add_middleware(SessionMiddleware, store=store, app_name=APP_NAME, secure=False)
+    return app
+
+
+def worker_app() -> Starlette:
+    """What each uvicorn worker imports (uvicorn needs an import string for workers)."""
+    return make_app(os.environ[URL_VARIABLE])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m asgi_ext.demo", description=__doc__)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL"))
+    arguments = parser.parse_args(argv)
+    if arguments.workers < 1:
+        parser.error("--workers must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="demo: %(message)s")
+    embedded = None if arguments.redis_url else EmbeddedServer()
+    url = arguments.redis_url or embedded.start()  # type: ignore[union-attr]
+    os.environ[URL_VARIABLE] = url
+    try:
+        uvicorn.run(
+            "asgi_ext.demo:worker_app",
+            factory=True,
+            host=arguments.host,
+            port=arguments.port,
+            workers=arguments.workers,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -91,9 +91,7 @@ def problems(data: Snapshot) -> list[str]:
 
 
 def same_bucket_id(layout: ClusterLayout, bucket: int, stem: str) -> str:
-    return next(
-        f"{stem}{i}" for i in range(100_000) if layout.bucket_of_id(f"{stem}{i}") == bucket
-    )
+    return next(f"{stem}{i}" for i in range(100_000) if layout.bucket_of_id(f"{stem}{i}") == bucket)
 
 
 class Scene:
@@ -147,8 +145,15 @@ class Scene:
         try:
             task = asyncio.create_task(call())
             if completes_during_move:
-                # Every key it writes is on the source: nothing to wait for.
-                await asyncio.wait_for(asyncio.shield(task), 60)
+                # Every key it writes is on the source: nothing to wait for. Until it
+                # returns, what it has written so far must be whole.
+                for _ in range(300):
+                    await asyncio.wait([task], timeout=0.2)
+                    current = await snapshot(self.client, self.layout.namespace)
+                    assert problems(current) == []
+                    if task.done():
+                        break
+                assert task.done(), "still running on a slot whose keys are all here"
             else:
                 await asyncio.wait([task], timeout=1.0)  # long enough to run many times
             during = await snapshot(self.client, self.layout.namespace)

@@ -247,23 +247,126 @@ local function need_removal(app, token, id)
   end
 end
 
--- Removes one session from every structure and tells every cache to drop it. Its cost
--- does not depend on the size of `d`, which it never reads.
-local function remove_session(app, token, id)
+-- Removals are planned, then applied. While a slot migrates, the server checks every
+-- command of a script against the keys its node holds, and a set or sorted set that a
+-- command emptied is deleted: a later command on it fails the script halfway, and
+-- Redis keeps what was already written. So a plan reads all it needs first (reference
+-- values, what each user's token set holds), then writes each key once: one DEL for
+-- the sessions, one SREM or ZREM per set with all its members (ZADD, which never
+-- empties a key, before them). Whether a user leaves the users index is decided from
+-- counts read before any write. Publishing touches no key: it comes last.
+local function new_plan()
+  return {
+    order = {}, command = {}, members = {}, seen = {},  -- removals of members, per key
+    deleted = {}, dels = {},                             -- keys to delete
+    adds = {},                                           -- ZADD: {key, score, member}
+    users = {}, user_order = {},                         -- per user token set
+    messages = {},                                       -- invalidations to publish
+  }
+end
+
+-- Plans the removal of `member` from the set (SREM) or sorted set (ZREM) `key`.
+local function plan_remove(plan, command, key, member)
+  local members = plan.members[key]
+  if not members then
+    members = {}
+    plan.members[key], plan.seen[key], plan.command[key] = members, {}, command
+    plan.order[#plan.order + 1] = key
+  end
+  if not plan.seen[key][member] then
+    plan.seen[key][member] = true
+    members[#members + 1] = member
+  end
+end
+
+-- Plans the deletion of `key`; any removal of its members is then left out.
+local function plan_delete(plan, key)
+  if not plan.deleted[key] then
+    plan.deleted[key] = true
+    plan.dels[#plan.dels + 1] = key
+  end
+end
+
+local function plan_add(plan, key, score, member)
+  plan.adds[#plan.adds + 1] = {key, score, member}
+end
+
+-- Whether the plan deletes the session of `token` already (a batch may name it twice).
+local function planned_gone(plan, app, token)
+  return plan.deleted[fill(L.session, app, token, '')] == true
+end
+
+-- Plans the removal of one session from every structure, and the message that tells
+-- every cache to drop it. Reads only; its cost does not depend on the size of `d`.
+local function plan_removal(plan, app, token, id)
   local key = fill(L.session, app, token, id)
-  if INDEXING then
+  if INDEXING and not plan.deleted[key] then
     local _, indexed = read_refs(key)
-    reindex(app, token, indexed, {})
+    for field, raw in pairs(indexed) do
+      plan_remove(plan, 'SREM', fill(L.reference, app, token, '', field, raw), token)
+    end
   end
-  redis.call('DEL', key)
-  redis.call('ZREM', fill(L.app_sessions, app), fill(L.app_member, app, token, id))
-  redis.call('ZREM', fill(L.expiry_index), fill(L.global_member, app, token, id))
+  plan_delete(plan, key)
+  plan_remove(plan, 'ZREM', fill(L.app_sessions, app), fill(L.app_member, app, token, id))
+  plan_remove(plan, 'ZREM', fill(L.expiry_index), fill(L.global_member, app, token, id))
   local tokens = fill(L.user_tokens, app, token, id)
-  redis.call('SREM', tokens, token)
-  if redis.call('SCARD', tokens) == 0 then
-    redis.call('ZREM', fill(L.app_users, app), id)
+  local user = plan.users[tokens]
+  if not user then
+    user = {app = app, id = id, left = redis.call('SCARD', tokens), removed = {}}
+    plan.users[tokens] = user
+    plan.user_order[#plan.user_order + 1] = tokens
   end
-  publish(app, token)
+  if not user.removed[token] then
+    user.removed[token] = true
+    if redis.call('SISMEMBER', tokens, token) == 1 then user.left = user.left - 1 end
+  end
+  plan_remove(plan, 'SREM', tokens, token)
+  plan.messages[#plan.messages + 1] = fill(L.message, app, token)
+end
+
+-- Plans what follows from the removals: a user none of whose tokens remain leaves the
+-- users index. Call once, after the last plan_removal and before plan_delete of an
+-- index that replaces these removals.
+local function plan_users(plan)
+  for _, tokens in ipairs(plan.user_order) do
+    local user = plan.users[tokens]
+    if user.left <= 0 then plan_remove(plan, 'ZREM', fill(L.app_users, user.app), user.id) end
+  end
+end
+
+-- Arguments per command: Lua's stack holds a few thousand values.
+local CHUNK = 1000
+
+-- Writes the plan. A key with more members than one command takes is written in
+-- chunks, and its size is read first: once a chunk has emptied it (its other
+-- members were not there), the next chunk would touch a deleted key, so none is sent.
+local function apply_plan(plan)
+  local size = {}
+  for _, key in ipairs(plan.order) do
+    if #plan.members[key] > CHUNK and not plan.deleted[key] then
+      size[key] = redis.call(plan.command[key] == 'SREM' and 'SCARD' or 'ZCARD', key)
+    end
+  end
+  for _, add in ipairs(plan.adds) do redis.call('ZADD', add[1], add[2], add[3]) end
+  for first = 1, #plan.dels, CHUNK do
+    redis.call('DEL', unpack(plan.dels, first, math.min(first + CHUNK - 1, #plan.dels)))
+  end
+  for _, key in ipairs(plan.order) do
+    local members = plan.members[key]
+    if not plan.deleted[key] then
+      for first = 1, #members, CHUNK do
+        local last = math.min(first + CHUNK - 1, #members)
+        local removed = redis.call(plan.command[key], key, unpack(members, first, last))
+        if size[key] then
+          size[key] = size[key] - removed
+          if size[key] <= 0 then break end
+        end
+      end
+    end
+  end
+  for _, message in ipairs(plan.messages) do
+    redis.call(L.publish, fill(L.channel), message)
+  end
 end
 
 -- Batched operations (kill_by, killall, wipe) stop before they spend more than a work

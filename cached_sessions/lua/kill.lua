@@ -8,5 +8,8 @@ need_removal(app, token, id)
 local missing = undeclared()
 if missing then return missing end
 local live = read_session(KEYS[1], now, true) and 1 or 0
-remove_session(app, token, id)
+local plan = new_plan()
+plan_removal(plan, app, token, id)
+plan_users(plan)
+apply_plan(plan)
 return live

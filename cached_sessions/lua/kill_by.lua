@@ -52,13 +52,20 @@ for _, token in ipairs(redis.call('SRANDMEMBER', KEYS[1], batch)) do
 end
 local missing = undeclared()
 if missing then return missing end
+-- Then plan every removal before writing any (see apply_plan): the reference set, the
+-- user sets and the indexes are shared. Each planned token is a member of KEYS[1],
+-- and no other leaves it, so what is left there is known before writing.
+local left = redis.call('SCARD', KEYS[1]) - #plan
+local removals = new_plan()
 for _, step in ipairs(plan) do
-  redis.call('SREM', KEYS[1], step.token)
+  plan_remove(removals, 'SREM', KEYS[1], step.token)
   if step.action == 'kill' then
-    remove_session(app, step.token, step.id)
+    plan_removal(removals, app, step.token, step.id)
     killed = killed + 1
   elseif step.action == 'expired' and step.id then
-    remove_session(app, step.token, step.id)
+    plan_removal(removals, app, step.token, step.id)
   end
 end
-return {killed, redis.call('SCARD', KEYS[1]) > 0 and 1 or 0}
+plan_users(removals)
+apply_plan(removals)
+return {killed, left > 0 and 1 or 0}

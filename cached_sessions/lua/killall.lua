@@ -12,14 +12,24 @@ for _, member in ipairs(L.strict and members or {}) do
 end
 local missing = undeclared()
 if missing then return missing end
+-- All removals are planned before any is written (see apply_plan). Every member read
+-- leaves KEYS[1] (a session's member there is the member itself), so what is left is
+-- known before writing; when nothing is, the users index goes whole.
+local left = redis.call('ZCARD', KEYS[1]) - #members
+local plan = new_plan()
 for _, member in ipairs(members) do
   local token, id = split_member(member)
   if token then
-    if read_session(fill(L.session, app, token, id), now, true) then killed = killed + 1 end
-    remove_session(app, token, id)
+    local key = fill(L.session, app, token, id)
+    -- A token listed twice is killed once.
+    if not planned_gone(plan, app, token) and read_session(key, now, true) then
+      killed = killed + 1
+    end
+    plan_removal(plan, app, token, id)
   end
-  redis.call('ZREM', KEYS[1], member)
+  plan_remove(plan, 'ZREM', KEYS[1], member)
 end
-if redis.call('ZCARD', KEYS[1]) > 0 then return {killed, 1} end
-redis.call('DEL', KEYS[2])
-return {killed, 0}
+plan_users(plan)
+if left <= 0 then plan_delete(plan, KEYS[2]) end
+apply_plan(plan)
+return {killed, left > 0 and 1 or 0}

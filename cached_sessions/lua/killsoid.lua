@@ -7,8 +7,13 @@ local tokens = redis.call('SMEMBERS', KEYS[1])
 for _, token in ipairs(tokens) do need_removal(app, token, id) end
 local missing = undeclared()
 if missing then return missing end
+-- Every removal is planned before any is written (see apply_plan): they share the
+-- user's token set and the indexes.
+local plan = new_plan()
 for _, token in ipairs(tokens) do
   if read_session(fill(L.session, app, token, id), now, true) then killed = killed + 1 end
-  remove_session(app, token, id)
+  plan_removal(plan, app, token, id)
 end
+plan_users(plan)
+apply_plan(plan)
 return killed

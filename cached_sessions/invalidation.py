@@ -55,6 +55,7 @@ __all__ = ["Route", "Subscriber", "routes_for"]
 log = logging.getLogger(__name__)
 
 MAX_RETRY_DELAY = 1.0
+CLEANUP_TIMEOUT = 5.0  # a listener that ignores its cancel is logged, not waited for
 # Finding where to listen takes a few round trips; a server that accepts connections
 # but never answers must not keep the subscriber from trying again.
 ROUTES_TIMEOUT = 5.0
@@ -66,6 +67,24 @@ _CONNECTION_SETTINGS = (
     "ssl_check_hostname", "ssl_min_version", "ssl_ciphers", "ssl_include_verify_flags",
     "ssl_exclude_verify_flags",
 )  # fmt: skip
+
+
+class _Lost(Exception):
+    """A subscription ended; the cache was already told. Carries whether it had been
+    confirmed, which resets the retry delay."""
+
+    def __init__(self, was_subscribed: bool) -> None:
+        super().__init__()
+        self.was_subscribed = was_subscribed
+
+
+def _loss_reason(error: BaseException) -> tuple[str, BaseException | None]:
+    """The flush reason for what ended a subscription, and the error to log."""
+    if isinstance(error, SubscriptionLost):
+        return error.reason, None
+    if isinstance(error, ConnectionError | TimeoutError | OSError):
+        return "connection_error", error
+    return "error", error
 
 
 class SubscriptionLost(Exception):
@@ -264,24 +283,27 @@ class Subscriber:
         delay = 0.02
         try:
             while True:
-                try:
-                    await self._listen_everywhere()
-                except SubscriptionLost as lost:
-                    was_subscribed = self._lose(lost.reason)
-                except (ConnectionError, TimeoutError, OSError) as error:
-                    raise_if_cancelling()
-                    was_subscribed = self._lose("connection_error", error)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
-                    raise_if_cancelling()
-                    was_subscribed = self._lose("error", error)
-                if was_subscribed:
+                if await self._subscription():
                     delay = 0.02
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
         finally:
             self._cache.lost("closed")
+
+    async def _subscription(self) -> bool:
+        """One subscription, from finding its routes to its loss; returns whether it had
+        been confirmed. The loss flushes the cache at once, before the connections are
+        closed: nothing a slow close does may leave the cache trusted meanwhile."""
+        try:
+            await self._listen_everywhere()
+        except asyncio.CancelledError:
+            raise
+        except _Lost as lost:
+            return lost.was_subscribed
+        except Exception as error:  # raised before any listener ran
+            raise_if_cancelling()
+            return self._lose(*_loss_reason(error))
+        return False
 
     def _lose(self, reason: str, error: BaseException | None = None) -> bool:
         was_subscribed = self.confirmed.is_set()
@@ -331,13 +353,14 @@ class Subscriber:
         ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # raises the loss
-            raise SubscriptionLost("error")  # a listener or a check never returns normally
+            error = next(iter(done)).exception() or SubscriptionLost("error")
+            raise _Lost(self._lose(*_loss_reason(error)))  # before the cleanup below
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=CLEANUP_TIMEOUT)
+            for task in stuck:
+                log.error("%s did not stop within %s s", task.get_name(), CLEANUP_TIMEOUT)
             for route in routes:
                 await route.client.aclose(close_connection_pool=True)
 

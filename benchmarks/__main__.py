@@ -8,7 +8,9 @@ Runs, against one Redis-compatible server (an embedded Valkey unless --url):
 3. invalidation propagation across 4 worker processes (invalidation.py);
 4. a mixed load of reads and writes with the cache off and on (mixed.py);
 5. the wipe of many expired sessions (wipe.py) and the cost curve from 1k to 1M
-   sessions (cost_curve.py).
+   sessions (cost_curve.py);
+6. a Redis Cluster of three primaries against one server of the same binary, both
+   started by the section itself (cluster.py; skipped when no cluster can start).
 
 Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into benchmarks/results/ (the stem is
 `benchmarks`, or `benchmarks-quick` with --quick), and for a full run the Markdown meant
@@ -31,6 +33,7 @@ from typing import Any
 
 from . import (
     chart,
+    cluster,
     cost_curve,
     http_load,
     invalidation,
@@ -44,7 +47,7 @@ from . import (
 from .common import Progress, Server, Sizes, bounded, busy_processes, machine
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve")
+SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve", "cluster")
 SECTION_LIMIT_FULL = 900.0  # seconds: a section that takes longer has hung
 SECTION_LIMIT_QUICK = 180.0
 SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -58,6 +61,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "wipe": lambda r: (
         f"wipe: {r['wipe_total_s']} s, longest script call {r['longest_script_call_ms']} ms"
     ),
+    "cluster": lambda r: cluster.summary(r),
 }
 
 
@@ -89,6 +93,7 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
         ("mixed", "mixed", lambda: mixed.measure(server, sizes, generator, progress)),
         ("wipe", "wipe", lambda: wipe.measure(server, sizes, progress)),
         ("curve", "cost_curve", lambda: cost_curve.measure(server, sizes, progress)),
+        ("cluster", "cluster", lambda: cluster.measure(sizes, progress)),
     ]  # fmt: skip
     try:
         for name, key, measure in sections:

@@ -276,7 +276,7 @@ async def balance(servers: Servers, sizes: Sizes, progress: Progress) -> dict[st
     """Sessions per primary for each bucket count: from the slot map, then counted."""
     target = servers.cluster_target
     ids = [f"u{n}" for n in range(sizes.cluster_users)]
-    verify = BALANCE_BUCKETS if sizes.mode == "full" else (DEFAULT_BUCKETS,)
+    verify = BALANCE_BUCKETS if sizes.mode.startswith("full") else (DEFAULT_BUCKETS,)
     rows = []
     for buckets in BALANCE_BUCKETS:
         layout = ClusterLayout(namespace("balance"), buckets)

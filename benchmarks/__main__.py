@@ -13,10 +13,12 @@ Runs, against one Redis-compatible server (an embedded Valkey unless --url):
    started by the section itself (cluster.py; skipped when no cluster can start).
 
 Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into benchmarks/results/ (the stem is
-`benchmarks`, or `benchmarks-quick` with --quick), and for a full run the Markdown meant
-for README as `README-figures.md`. `--profile` adds a sampling profile of one worker
-per configuration (profiling.py). A missing aiohttp-session, wrk or matplotlib makes
-its part skipped or replaced, never the run fail.
+`benchmarks`; `benchmarks-<sections>` with --only; `benchmarks-quick` with --quick or
+--scale), and for a full run the Markdown meant for README as `README-figures.md`; the
+cluster section has a chart of its own, `<stem>-cluster.png`. `--profile` adds a
+sampling profile of one worker per configuration (profiling.py). A missing
+aiohttp-session, wrk or matplotlib makes its part skipped or replaced, never the run
+fail.
 """
 
 from __future__ import annotations
@@ -161,17 +163,33 @@ def write_outputs(result: dict[str, Any], out: Path, stem: str, progress: Progre
     elif missing is not None:
         result["chart_skipped"] = missing
         progress(f"chart skipped: {missing}")
+    result.pop("cluster_chart", None)
+    if missing is None and "throughput" in result.get("cluster", {}):
+        chart.draw_cluster(result, out / f"{stem}-cluster.png")
+        result["cluster_chart"] = f"{stem}-cluster.png"
     paths = report.write(result, out, stem)
     if stem == "benchmarks" and out.resolve() == RESULTS.resolve():
         readme = RESULTS / "README-figures.md"
         image = f"benchmarks/results/{result['chart']}" if "chart" in result else None
-        readme.write_text("## Benchmarks\n\n" + report.markdown(result, image))
+        text = report.markdown(result, image, folder="benchmarks/results/")
+        readme.write_text("## Benchmarks\n\n" + text)
         paths["readme"] = readme
     print()
     print(report.markdown(result, None))
-    if "chart" in result:
-        paths["chart"] = out / result["chart"]
+    for key in ("chart", "cluster_chart"):
+        if key in result:
+            paths[key] = out / result[key]
     progress("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def stem(arguments: argparse.Namespace) -> str:
+    """`benchmarks` for a full run, `benchmarks-<sections>` for some sections at full
+    size, `benchmarks-quick` for anything smaller."""
+    if arguments.quick or arguments.scale != 1:
+        return "benchmarks-quick"
+    if arguments.only:
+        return "benchmarks-" + "-".join(dict.fromkeys(arguments.only))
+    return "benchmarks"
 
 
 def main() -> None:
@@ -188,8 +206,7 @@ def main() -> None:
     started = time.monotonic()
     result = asyncio.run(run(arguments, progress))
     result["runtime_s"] = round(time.monotonic() - started, 1)
-    full = not arguments.quick and arguments.scale == 1 and not arguments.only
-    write_outputs(result, arguments.out, "benchmarks" if full else "benchmarks-quick", progress)
+    write_outputs(result, arguments.out, stem(arguments), progress)
     progress(f"done in {result['runtime_s']:.0f} s")
     if result.get("errors"):
         sys.exit(f"failed sections: {', '.join(result['errors'])}")

@@ -37,7 +37,7 @@ from cached_sessions.keys import DEFAULT_BUCKETS, ClusterLayout
 from . import cluster_capacity
 from .cluster_fill import HOST, Target, fill, sessions_per_primary
 from .cluster_load import OPERATIONS, Job, Result, Stores, run, run_processes
-from .common import APP, Progress, Sizes, load_average, namespace, percentiles
+from .common import APP, Progress, Sizes, busy_processes, load_average, namespace, percentiles
 
 PRIMARIES = 3
 BALANCE_BUCKETS = (16, 32, 64, 128, 256)
@@ -132,6 +132,7 @@ async def _measure(servers: Servers, sizes: Sizes, progress: Progress) -> dict[s
         "replicas_per_primary": 1,
         "default_buckets": DEFAULT_BUCKETS,
         "load_average_at_start": load_average(),
+        "busy_processes_at_start": busy_processes(),
     }
     parts: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
         ("throughput", lambda: throughput(servers, sizes, progress)),

@@ -88,7 +88,9 @@ def _ratio(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def markdown(report: dict[str, Any], image: str | None) -> str:
+def markdown(report: dict[str, Any], image: str | None, folder: str = "") -> str:
+    """The run as Markdown; `image` is the main chart's path, `folder` what the paths of
+    the other images start with."""
     m = report["machine"]
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), {report['server']}, "
@@ -232,6 +234,8 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
             )
     if report.get("cluster"):
         lines += ["", *cluster_markdown(report["cluster"])]
+        if report.get("cluster_chart"):
+            lines += ["", f"![Redis Cluster]({folder}{report['cluster_chart']})"]
     if report.get("profiling"):
         from .profiling import markdown as profiles
 
@@ -247,14 +251,21 @@ def cluster_markdown(cluster: dict[str, Any]) -> list[str]:
     """The cluster section: calls, balance, app-wide calls, what one shard holds."""
     if "skipped" in cluster:
         return [f"**Redis Cluster**: skipped ({cluster['skipped']})."]
+    busy = ", ".join(cluster.get("busy_processes_at_start") or []) or "none seen"
     lines = [
         f"**Redis Cluster**: {cluster['primaries']} primaries with "
         f"{cluster['replicas_per_primary']} replica each against one server, both "
         f"{cluster['server']} on this machine; load average {cluster['load_average_at_start']} "
-        "at the start of the section.",
+        f"at the start of the section; other processes busy then: {busy}.",
     ]
     for part in (_cluster_calls, _cluster_balance, _cluster_fanout, _cluster_capacity):
         lines += ["", *part(cluster)]
+    after = [
+        f"{name} {cluster[f'load_average_after_{name}']}"
+        for name in ("throughput", "balance", "fanout", "capacity")
+        if f"load_average_after_{name}" in cluster
+    ]
+    lines += ["", "Load average (1, 5, 15 min) after each part: " + "; ".join(after) + "."]
     return lines
 
 

@@ -15,10 +15,10 @@ Runs, against one Redis-compatible server (an embedded Valkey unless --url):
 Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into benchmarks/results/ (the stem is
 `benchmarks`; `benchmarks-<sections>` with --only; `benchmarks-quick` with --quick or
 --scale), and for a full run the Markdown meant for README as `README-figures.md`; the
-cluster section has a chart of its own, `<stem>-cluster.png`. `--profile` adds a
-sampling profile of one worker per configuration (profiling.py). A missing
-aiohttp-session, wrk or matplotlib makes its part skipped or replaced, never the run
-fail.
+cluster section has a chart of its own (`<stem>-cluster.png`, or `<stem>.png` alone).
+`--profile` adds a sampling profile of one worker per configuration (profiling.py). A
+missing aiohttp-session, wrk or matplotlib makes its part skipped or replaced, never
+the run fail.
 """
 
 from __future__ import annotations
@@ -165,8 +165,9 @@ def write_outputs(result: dict[str, Any], out: Path, stem: str, progress: Progre
         progress(f"chart skipped: {missing}")
     result.pop("cluster_chart", None)
     if missing is None and "throughput" in result.get("cluster", {}):
-        chart.draw_cluster(result, out / f"{stem}-cluster.png")
-        result["cluster_chart"] = f"{stem}-cluster.png"
+        name = f"{stem}-cluster.png" if "chart" in result else f"{stem}.png"
+        chart.draw_cluster(result, out / name)
+        result["cluster_chart"] = name
     paths = report.write(result, out, stem)
     if stem == "benchmarks" and out.resolve() == RESULTS.resolve():
         readme = RESULTS / "README-figures.md"

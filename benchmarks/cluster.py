@@ -83,11 +83,16 @@ class Servers:
         return target.ports + (self.replicas if target.cluster else [])
 
     async def flush(self) -> None:
-        """Empty both deployments (the replicas follow), between parts."""
+        """Empty both deployments (the replicas follow), between parts.
+
+        SYNC said out loud: a bare FLUSHALL frees in the background where lazy freeing
+        of user flushes is on (Valkey's default), and the memory part would then read
+        memory still being freed.
+        """
         for port in [*self.cluster_target.ports, self.single.port]:
             client = Redis(host=HOST, port=port)
             try:
-                await client.flushall(asynchronous=False)
+                await client.execute_command("FLUSHALL", "SYNC")  # type: ignore[no-untyped-call]
             finally:
                 await client.aclose()
         await asyncio.to_thread(self.cluster.wait_replicas_caught_up)

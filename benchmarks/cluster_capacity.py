@@ -40,6 +40,7 @@ CONNECTIONS = 4
 DEPTH = 100  # calls per batch; two batches in flight per connection
 MAX_BATCHES = 100_000  # per connection and run
 GIB = 1 << 30
+FREE_WAIT = 30.0  # seconds a server may take to free a flushed dataset
 LARGE_D = {"profile": "x" * 1000, "lang": "en", "n": 1}  # about 1 KiB of JSON
 DATA = {"small d": SMALL_D, "1 KiB d": LARGE_D}
 
@@ -148,6 +149,15 @@ async def sustained(
     }
 
 
+async def _freed(port: int) -> None:
+    """Return once the server has nothing left to free in the background."""
+    for _ in range(int(FREE_WAIT / 0.05)):
+        if int((await _node(port, "memory")).get("lazyfree_pending_objects", 0)) == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{port} was still freeing memory after {FREE_WAIT} s")
+
+
 async def _memory(port: int) -> int:
     """used_memory less what does not grow with the sessions: client buffers, the
     replication buffers (the backlog fills up to its fixed size with the first writes)
@@ -171,6 +181,8 @@ async def memory(
     `settle` is awaited after the fill, before the second reading (on a cluster: the
     replicas catch up, so the primaries' replica buffers are drained).
     """
+    for port in target.ports:
+        await _freed(port)
     before = {port: await _memory(port) for port in target.ports}
     now = int(time.time())
     await fill(target, layout, (f"m{n}" for n in range(count)), last_access=now, ttl=86_400, d=d)

@@ -12,9 +12,10 @@ Here the library's own EVALSHA for `get` and `set` (asked of `Scripts.queue`, so
 very calls the store makes, every key declared as on a cluster) is encoded once and
 written in pipelined batches on `CONNECTIONS` plain connections to one primary, at
 sessions that primary owns; the client then costs about a microsecond a call. The run
-reports calls per second and the primary's CPU time over the same wall time: near 100%
-means the primary was the limit; less means the machine (2 cores, shared with the
-client, the replica and whoever else) was.
+reports calls per second, the primary's CPU time over the same wall time (near 100%:
+the primary was the limit; less: the machine, 2 cores shared with the client, the
+replica and whoever else, was), its CPU time per call, and of that the time inside
+the script (INFO commandstats).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cached_sessions.slots import ConnectionSlots
 from cached_sessions.validation import MAX_DATA_BYTES, MAX_DATA_KEYS, encode_data_patch
 
 from .cluster_fill import HOST, Target, fill, sessions_per_primary
-from .common import APP
+from .common import APP, ServerTime
 from .populate import SMALL_D, _bulk
 
 CONNECTIONS = 4
@@ -137,15 +138,24 @@ async def sustained(
         await client.aclose()
     commands = calls(scripts, layout, operation, tokens)
     shares = [commands[i::CONNECTIONS] for i in range(CONNECTIONS)]
-    cpu, started = await _cpu(port), time.perf_counter()
-    deadline = started + seconds
-    answered = await asyncio.gather(*(_pipelined(port, share, deadline) for share in shares))
-    elapsed = time.perf_counter() - started
-    busy = (await _cpu(port) - cpu) / elapsed
+    client = Redis(host=HOST, port=port, decode_responses=True)
+    try:
+        cpu = await _cpu(port)
+        async with ServerTime(client) as script:
+            started = time.perf_counter()
+            deadline = started + seconds
+            answered = sum(
+                await asyncio.gather(*(_pipelined(port, part, deadline) for part in shares))
+            )
+            elapsed = time.perf_counter() - started
+        busy = await _cpu(port) - cpu
+    finally:
+        await client.aclose()
     return {
-        "calls_per_s": round(sum(answered) / elapsed),
-        "server_cpu_share": round(busy, 2),
-        "server_cpu_us_per_call": round(busy * elapsed / sum(answered) * 1e6, 1),
+        "calls_per_s": round(answered / elapsed),
+        "server_cpu_share": round(busy / elapsed, 2),
+        "server_cpu_us_per_call": round(busy / answered * 1e6, 1),
+        "script_us_per_call": script.per_call,
     }
 
 

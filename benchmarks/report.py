@@ -387,14 +387,16 @@ def _cluster_capacity(cluster: dict[str, Any]) -> list[str]:
         f"{capacity['connections']} connections ({capacity['depth']} calls per batch); "
         "server CPU share near 1.0 means the primary was the limit.",
         "",
-        "| deployment | call | calls/s | server CPU share | server CPU µs/call |",
-        "|---|---|---:|---:|---:|",
+        "| deployment | call | calls/s | server CPU share | server CPU µs/call | of which "
+        "in the script |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in capacity["sustained"]:
         lines.append(
             f"| {r['deployment']} | `{r['operation']}` | "
             f"{_spread(r['calls_per_s'], r['calls_per_s_min'], r['calls_per_s_max'])} | "
-            f"{r['server_cpu_share']} | {r['server_cpu_us_per_call']} |"
+            f"{r['server_cpu_share']} | {r['server_cpu_us_per_call']} | "
+            f"{_n(r.get('script_us_per_call'))} |"
         )
     return lines
 

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -194,6 +195,8 @@ def stem(arguments: argparse.Namespace) -> str:
 
 
 def main() -> None:
+    # A stopped run (SIGTERM) unwinds like Ctrl-C, so the servers it started stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     arguments = arguments_parser().parse_args()
     progress = Progress()
     if arguments.render is not None:

@@ -384,19 +384,21 @@ def _cluster_capacity(cluster: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Script calls one primary answers, the library's own `get` and `set` pipelined on "
-        f"{capacity['connections']} connections ({capacity['depth']} calls per batch); "
-        "server CPU share near 1.0 means the primary was the limit.",
+        f"{capacity['connections']} connections ({capacity['depth']} calls per batch): calls/s "
+        "as measured (median run, min to max); the primary's CPU share over the run (near "
+        "1.0: the primary was the limit, below: the shared machine was); its CPU µs per call "
+        "and so the calls one core of its own answers; the CPU µs per call of its replica.",
         "",
-        "| deployment | call | calls/s | server CPU share | server CPU µs/call | of which "
-        "in the script |",
-        "|---|---|---:|---:|---:|---:|",
+        "| deployment | call | calls/s | primary CPU share | primary CPU µs/call | calls/s "
+        "per core | replica CPU µs/call |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in capacity["sustained"]:
+        rate = _spread(r["calls_per_s"], r["calls_per_s_min"], r["calls_per_s_max"])
+        core = _spread(r["calls_per_core_s"], r["calls_per_core_s_min"], r["calls_per_core_s_max"])
         lines.append(
-            f"| {r['deployment']} | `{r['operation']}` | "
-            f"{_spread(r['calls_per_s'], r['calls_per_s_min'], r['calls_per_s_max'])} | "
-            f"{r['server_cpu_share']} | {r['server_cpu_us_per_call']} | "
-            f"{_n(r.get('script_us_per_call'))} |"
+            f"| {r['deployment']} | `{r['operation']}` | {rate} | {r['server_cpu_share']} | "
+            f"{r['server_cpu_us_per_call']} | {core} | {_n(r.get('replica_cpu_us_per_call'))} |"
         )
     return lines
 

@@ -8,13 +8,17 @@ Runs, against one Redis-compatible server (an embedded Valkey unless --url):
 3. invalidation propagation across 4 worker processes (invalidation.py);
 4. a mixed load of reads and writes with the cache off and on (mixed.py);
 5. the wipe of many expired sessions (wipe.py) and the cost curve from 1k to 1M
-   sessions (cost_curve.py).
+   sessions (cost_curve.py);
+6. a Redis Cluster of three primaries against one server of the same binary, both
+   started by the section itself (cluster.py; skipped when no cluster can start).
 
 Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into benchmarks/results/ (the stem is
-`benchmarks`, or `benchmarks-quick` with --quick), and for a full run the Markdown meant
-for README as `README-figures.md`. `--profile` adds a sampling profile of one worker
-per configuration (profiling.py). A missing aiohttp-session, wrk or matplotlib makes
-its part skipped or replaced, never the run fail.
+`benchmarks`; `benchmarks-<sections>` with --only; `benchmarks-quick` with --quick or
+--scale), and for a full run the Markdown meant for README as `README-figures.md`; the
+cluster section has a chart of its own (`<stem>-cluster.png`, or `<stem>.png` alone).
+`--profile` adds a sampling profile of one worker per configuration (profiling.py). A
+missing aiohttp-session, wrk or matplotlib makes its part skipped or replaced, never
+the run fail.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import json
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +36,7 @@ from typing import Any
 
 from . import (
     chart,
+    cluster,
     cost_curve,
     http_load,
     invalidation,
@@ -44,7 +50,7 @@ from . import (
 from .common import Progress, Server, Sizes, bounded, busy_processes, machine
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve")
+SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve", "cluster")
 SECTION_LIMIT_FULL = 900.0  # seconds: a section that takes longer has hung
 SECTION_LIMIT_QUICK = 180.0
 SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -58,6 +64,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "wipe": lambda r: (
         f"wipe: {r['wipe_total_s']} s, longest script call {r['longest_script_call_ms']} ms"
     ),
+    "cluster": lambda r: cluster.summary(r),
 }
 
 
@@ -89,6 +96,7 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
         ("mixed", "mixed", lambda: mixed.measure(server, sizes, generator, progress)),
         ("wipe", "wipe", lambda: wipe.measure(server, sizes, progress)),
         ("curve", "cost_curve", lambda: cost_curve.measure(server, sizes, progress)),
+        ("cluster", "cluster", lambda: cluster.measure(sizes, progress)),
     ]  # fmt: skip
     try:
         for name, key, measure in sections:
@@ -156,20 +164,39 @@ def write_outputs(result: dict[str, Any], out: Path, stem: str, progress: Progre
     elif missing is not None:
         result["chart_skipped"] = missing
         progress(f"chart skipped: {missing}")
+    result.pop("cluster_chart", None)
+    if missing is None and "throughput" in result.get("cluster", {}):
+        name = f"{stem}-cluster.png" if "chart" in result else f"{stem}.png"
+        chart.draw_cluster(result, out / name)
+        result["cluster_chart"] = name
     paths = report.write(result, out, stem)
     if stem == "benchmarks" and out.resolve() == RESULTS.resolve():
         readme = RESULTS / "README-figures.md"
         image = f"benchmarks/results/{result['chart']}" if "chart" in result else None
-        readme.write_text("## Benchmarks\n\n" + report.markdown(result, image))
+        text = report.markdown(result, image, folder="benchmarks/results/")
+        readme.write_text("## Benchmarks\n\n" + text)
         paths["readme"] = readme
     print()
     print(report.markdown(result, None))
-    if "chart" in result:
-        paths["chart"] = out / result["chart"]
+    for key in ("chart", "cluster_chart"):
+        if key in result:
+            paths[key] = out / result[key]
     progress("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def stem(arguments: argparse.Namespace) -> str:
+    """`benchmarks` for a full run, `benchmarks-<sections>` for some sections at full
+    size, `benchmarks-quick` for anything smaller."""
+    if arguments.quick or arguments.scale != 1:
+        return "benchmarks-quick"
+    if arguments.only:
+        return "benchmarks-" + "-".join(dict.fromkeys(arguments.only))
+    return "benchmarks"
+
+
 def main() -> None:
+    # A stopped run (SIGTERM) unwinds like Ctrl-C, so the servers it started stop too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     arguments = arguments_parser().parse_args()
     progress = Progress()
     if arguments.render is not None:
@@ -183,8 +210,7 @@ def main() -> None:
     started = time.monotonic()
     result = asyncio.run(run(arguments, progress))
     result["runtime_s"] = round(time.monotonic() - started, 1)
-    full = not arguments.quick and arguments.scale == 1 and not arguments.only
-    write_outputs(result, arguments.out, "benchmarks" if full else "benchmarks-quick", progress)
+    write_outputs(result, arguments.out, stem(arguments), progress)
     progress(f"done in {result['runtime_s']:.0f} s")
     if result.get("errors"):
         sys.exit(f"failed sections: {', '.join(result['errors'])}")

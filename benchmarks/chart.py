@@ -183,3 +183,108 @@ def _rates(ax: Any, report: dict[str, Any]) -> None:
     ax.set_title("Cost curve: create rate", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+
+
+# The cluster section's own chart
+
+CALLS = ("get-off", "set", "create+kill")  # cache hits never reach Redis: left out
+
+
+def draw_cluster(report: dict[str, Any], path: Path) -> None:
+    """Cluster over standalone per call; balance and app-wide calls per bucket count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cluster = report["cluster"]
+    figure, axes = plt.subplots(1, 3, figsize=(17, 5))
+    _cluster_ratios(axes[0], cluster["throughput"]["rows"])
+    _cluster_balance(axes[1], cluster["balance"])
+    _cluster_fanout(axes[2], cluster["fanout"])
+    m = report["machine"]
+    figure.suptitle(
+        f"cached-sessions on Redis Cluster ({cluster['primaries']} primaries, 1 replica each) "
+        f"against one server, {m['date']}: {m['cpu']} ({m['cores']} cores), {cluster['server']}",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _cluster_ratios(ax: Any, rows: list[dict[str, Any]]) -> None:
+    loads = sorted({(r["processes"], r["clients"]) for r in rows})
+    width = 0.8 / max(1, len(loads))
+    for i, (processes, clients) in enumerate(loads):
+        values = [
+            next(
+                (r.get("x_standalone_ops") or 0 for r in rows
+                 if r["deployment"] == "cluster" and r["operation"] == call
+                 and (r["processes"], r["clients"]) == (processes, clients)),
+                0,
+            )
+            for call in CALLS
+        ]  # fmt: skip
+        xs = [x + (i - (len(loads) - 1) / 2) * width for x in range(len(CALLS))]
+        label = (
+            f"{processes} process{'es' if processes > 1 else ''} x "
+            f"{clients} client{'s' if clients > 1 else ''}"
+        )
+        bars = ax.bar(xs, values, width, label=label)
+        for bar, value in zip(bars, values, strict=True):
+            ax.annotate(f"{value:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)  # fmt: skip
+    ax.axhline(1.0, color="grey", linestyle=":")
+    ax.set_xticks(range(len(CALLS)), ["get (cache off)", "set", "create + kill"], fontsize=8)
+    ax.set_ylabel("cluster ops/s ÷ standalone ops/s")
+    ax.set_title("Calls through the library: cluster ÷ one server", fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def _cluster_balance(ax: Any, balance: dict[str, Any]) -> None:
+    rows = balance["rows"]
+    buckets = [r["buckets"] for r in rows]
+    ax.plot(buckets, [r["max_over_min"] for r in rows], marker="o",
+            label=f"sessions, 3 primaries ({balance['users']:,} users)")  # fmt: skip
+    for growth_row in (5, 10, 12):
+        ratios = [g["max_over_min_by_shards"].get(str(growth_row)) for g in balance["growth"]]
+        ax.plot(buckets, ratios, marker=".", linestyle="--",
+                label=f"buckets, {growth_row} shards (computed)")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(buckets, [str(b) for b in buckets])
+    ax.set_xlabel("buckets per namespace")
+    ax.set_ylabel("most ÷ fewest per shard")
+    ax.set_title("Balance over the shards", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+
+
+def _cluster_fanout(ax: Any, fanout: dict[str, Any]) -> None:
+    rows = [r for r in fanout["rows"] if r["deployment"] == "cluster"]
+    single = next((r for r in fanout["rows"] if r["deployment"] == "standalone"), None)
+    buckets = [r["buckets"] for r in rows]
+    series = (
+        ("empty", "killall", "killall, empty app"),
+        ("empty", "soapp", "soapp, empty app"),
+        ("empty", "activity", "activity, empty app"),
+        ("listed", "soapp", f"soapp, {fanout['listed']:,} sessions"),
+    )
+    for part, call, label in series:
+        line = ax.plot(buckets, [r[part][call]["p50_ms"] for r in rows], marker="o", label=label)
+        if single is not None:
+            ax.axhline(single[part][call]["p50_ms"], color=line[0].get_color(), linestyle=":")
+    line = ax.plot(buckets, [r["killall_bulk"]["ms"] for r in rows], marker="s",
+                   label=f"killall of {fanout['bulk']:,} sessions")  # fmt: skip
+    if single is not None:
+        ax.axhline(single["killall_bulk"]["ms"], color=line[0].get_color(), linestyle=":")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    highest = max(r["killall_bulk"]["ms"] for r in rows) if rows else 1.0
+    ax.set_ylim(top=highest * 100)  # room for the legend above the lines
+    ax.set_xticks(buckets, [str(b) for b in buckets])
+    ax.set_xlabel("buckets per namespace")
+    ax.set_ylabel("p50 ms (dotted: one server)")
+    ax.set_title("App-wide calls on the cluster", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", ncols=2)
+    ax.grid(True, which="both", alpha=0.3)

@@ -58,6 +58,16 @@ class Sizes:
     mixed_workers: int
     mixed_users: int
     mixed_seconds: float
+    # 6. Redis Cluster against one server (cluster.py)
+    cluster_seconds: float  # per load run
+    cluster_clients: tuple[int, ...]  # concurrent calls in one process
+    cluster_processes: int  # above 1: also that many processes at the most clients
+    cluster_repeats: int  # each load run, killall and wipe, this many times
+    cluster_users: int  # the balance over the primaries
+    cluster_listed: int  # the soapp app, and the sessions the loads go round
+    cluster_bulk: int  # sessions one killall kills, one wipe removes
+    cluster_calls: int  # samples of each app-wide call
+    cluster_memory: int  # sessions for the memory per session
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -79,6 +89,15 @@ class Sizes:
             mixed_workers=2,
             mixed_users=2000,
             mixed_seconds=10.0,
+            cluster_seconds=1.5,
+            cluster_clients=(1, 8, 32),
+            cluster_processes=2,
+            cluster_repeats=3,
+            cluster_users=30_000,
+            cluster_listed=1_000,
+            cluster_bulk=10_000,
+            cluster_calls=30,
+            cluster_memory=150_000,
         )
 
     @classmethod
@@ -100,6 +119,15 @@ class Sizes:
             mixed_workers=2,
             mixed_users=300,
             mixed_seconds=2.0,
+            cluster_seconds=0.5,
+            cluster_clients=(1, 16),
+            cluster_processes=1,
+            cluster_repeats=1,
+            cluster_users=3_000,
+            cluster_listed=300,
+            cluster_bulk=2_000,
+            cluster_calls=10,
+            cluster_memory=6_000,
         )
 
     def scaled(self, factor: float) -> Sizes:
@@ -128,6 +156,12 @@ class Sizes:
             wipe_sessions=count(self.wipe_sessions, 100),
             mixed_users=count(self.mixed_users, 20),
             mixed_seconds=seconds(self.mixed_seconds, 0.5),
+            cluster_seconds=seconds(self.cluster_seconds, 0.25),
+            cluster_users=count(self.cluster_users, 300),
+            cluster_listed=count(self.cluster_listed, 100),
+            cluster_bulk=count(self.cluster_bulk, 200),
+            cluster_calls=count(self.cluster_calls, 5),
+            cluster_memory=count(self.cluster_memory, 600),
         )
 
 

@@ -111,6 +111,12 @@ class _Recorder:
         assert command == "EVALSHA", command
         self.calls.append(args)
 
+    def execute_command(self, command: str, *args: Any) -> None:
+        """The generic form `Scripts.queue` uses: `EVALSHA sha numkeys keys... args...`."""
+        if command.upper() != "EVALSHA":
+            raise RuntimeError(f"the library queued {command!r}, not EVALSHA")
+        self.calls.append(args)
+
 
 def _create_call(scripts: Scripts, layout: KeyLayout) -> tuple[str, list[str]]:
     """The create script's SHA, and what the library sends between its keys and arguments.

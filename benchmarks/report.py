@@ -88,7 +88,9 @@ def _ratio(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def markdown(report: dict[str, Any], image: str | None) -> str:
+def markdown(report: dict[str, Any], image: str | None, folder: str = "") -> str:
+    """The run as Markdown; `image` is the main chart's path, `folder` what the paths of
+    the other images start with."""
     m = report["machine"]
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), {report['server']}, "
@@ -230,11 +232,175 @@ def markdown(report: dict[str, Any], image: str | None) -> str:
             lines.append(
                 f"\nCache on: {mixed['cache_on_over_off']:.2f}x the throughput of cache off."
             )
+    if report.get("cluster"):
+        lines += ["", *cluster_markdown(report["cluster"])]
+        if report.get("cluster_chart"):
+            lines += ["", f"![Redis Cluster]({folder}{report['cluster_chart']})"]
     if report.get("profiling"):
         from .profiling import markdown as profiles
 
         lines += ["", profiles(report["profiling"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def _spread(value: Any, low: Any, high: Any) -> str:
+    return f"{_n(value)} ({_n(low)} to {_n(high)})" if low != high else _n(value)
+
+
+def cluster_markdown(cluster: dict[str, Any]) -> list[str]:
+    """The cluster section: calls, balance, app-wide calls, what one shard holds."""
+    if "skipped" in cluster:
+        return [f"**Redis Cluster**: skipped ({cluster['skipped']})."]
+    busy = ", ".join(cluster.get("busy_processes_at_start") or []) or "none seen"
+    lines = [
+        f"**Redis Cluster**: {cluster['primaries']} primaries with "
+        f"{cluster['replicas_per_primary']} replica each against one server, both "
+        f"{cluster['server']} on this machine; load average {cluster['load_average_at_start']} "
+        f"at the start of the section; other processes busy then: {busy}.",
+    ]
+    for part in (_cluster_calls, _cluster_balance, _cluster_fanout, _cluster_capacity):
+        lines += ["", *part(cluster)]
+    after = [
+        f"{name} {cluster[f'load_average_after_{name}']}"
+        for name in ("throughput", "balance", "fanout", "capacity")
+        if f"load_average_after_{name}" in cluster
+    ]
+    lines += ["", "Load average (1, 5, 15 min) after each part: " + "; ".join(after) + "."]
+    return lines
+
+
+def _cluster_calls(cluster: dict[str, Any]) -> list[str]:
+    load = cluster["throughput"]
+    lines = [
+        f"Calls through the library, {load['seconds']} s per run, {load['repeats']} run(s) "
+        f"each, over {load['sessions']:,} sessions; ops/s is the median run (min to max), "
+        "latencies over every call; CPU µs per call: the client process(es), and the "
+        "servers (cluster: primaries + replicas). `create+kill` counts a login and its "
+        "logout as one.",
+        "",
+        "| operation | processes x clients | standalone ops/s | cluster ops/s | cluster ÷ "
+        "standalone | p50 µs (s / c) | p99 µs (s / c) | client CPU µs (s / c) | server CPU "
+        "µs (s / c) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = load["rows"]
+    single = {(r["processes"], r["clients"], r["operation"]): r for r in rows
+              if r["deployment"] == "standalone"}  # fmt: skip
+    for c in (r for r in rows if r["deployment"] == "cluster"):
+        s = single.get((c["processes"], c["clients"], c["operation"]))
+        if s is None:
+            continue
+        lines.append(
+            f"| `{c['operation']}` | {c['processes']} x {c['clients']} | "
+            f"{_spread(s['ops_per_s'], s['ops_per_s_min'], s['ops_per_s_max'])} | "
+            f"{_spread(c['ops_per_s'], c['ops_per_s_min'], c['ops_per_s_max'])} | "
+            f"{_ratio(c.get('x_standalone_ops'))} | {_n(s['p50_us'])} / {_n(c['p50_us'])} | "
+            f"{_n(s['p99_us'])} / {_n(c['p99_us'])} | "
+            f"{_n(s['client_cpu_us'])} / {_n(c['client_cpu_us'])} | "
+            f"{_n(s['primaries_cpu_us'])} / {_n(c['primaries_cpu_us'])} + "
+            f"{_n(c['replicas_cpu_us'])} |"
+        )
+    return lines
+
+
+def _cluster_balance(cluster: dict[str, Any]) -> list[str]:
+    balance = cluster["balance"]
+    lines = [
+        f"Balance: {balance['users']:,} users with one session each, sessions per primary "
+        "from the slot map, and counted on the primaries (SCAN) where measured.",
+        "",
+        "| buckets | buckets per primary | sessions per primary | counted | max ÷ min |",
+        "|---:|---|---|---|---:|",
+    ]
+    for r in balance["rows"]:
+        counted = r.get("counted_per_primary")
+        counted_text = "not counted" if counted is None else " / ".join(f"{n:,}" for n in counted)
+        lines.append(
+            f"| {r['buckets']} | {' / '.join(map(str, r['buckets_per_primary']))} | "
+            f"{' / '.join(f'{n:,}' for n in r['sessions_per_primary'])} | {counted_text} | "
+            f"{r['max_over_min']} |"
+        )
+    growth = balance["growth"]
+    shards = list(growth[0]["max_over_min_by_shards"])
+    lines += [
+        "",
+        "Most ÷ fewest buckets per shard as the cluster grows (shards splitting the slots "
+        "evenly; arithmetic on the layout, no server):",
+        "",
+        "| buckets | " + " | ".join(f"{n} shards" for n in shards) + " |",
+        "|---:|" + "---:|" * len(shards),
+    ]
+    for r in growth:
+        ratios = r["max_over_min_by_shards"]
+        lines.append(f"| {r['buckets']} | " + " | ".join(_n(ratios[n]) for n in shards) + " |")
+    return lines
+
+
+def _cluster_fanout(cluster: dict[str, Any]) -> list[str]:
+    fan = cluster["fanout"]
+    lines = [
+        f"App-wide calls, p50 ms over {fan['samples']} calls: on an empty app (the fixed "
+        f"cost of the fan-out), over an app of {fan['listed']:,} sessions, and a `killall` "
+        f"of {fan['bulk']:,} live sessions and a wipe of {fan['bulk']:,} expired ones "
+        "(median ms, min to max, and script calls).",
+        "",
+        "| deployment | buckets | activity | soapp | killall | wipe | activity "
+        f"{fan['listed']:,} | soapp {fan['listed']:,} | killall {fan['bulk']:,} | "
+        f"wipe {fan['bulk']:,} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in fan["rows"]:
+        empty, listed = r["empty"], r["listed"]
+        bulk = [
+            f"{_spread(b['ms'], b['ms_min'], b['ms_max'])} ({b['script_calls']:,} calls)"
+            for b in (r["killall_bulk"], r["wipe_bulk"])
+        ]
+        lines.append(
+            f"| {r['deployment']} | {r['buckets']} | "
+            + " | ".join(_n(empty[op]["p50_ms"]) for op in ("activity", "soapp", "killall", "wipe"))
+            + f" | {_n(listed['activity']['p50_ms'])} | {_n(listed['soapp']['p50_ms'])} | "
+            + " | ".join(bulk)
+            + " |"
+        )
+    return lines
+
+
+def _cluster_capacity(cluster: dict[str, Any]) -> list[str]:
+    capacity = cluster["capacity"]
+    lines = [
+        "What one shard holds: Redis memory per session (used_memory growth less buffers "
+        "and scripts, over the sessions each primary holds) and sessions per GiB of it.",
+        "",
+        "| deployment | data | sessions | per primary | B/session per primary | sessions per GiB |",
+        "|---|---|---:|---|---|---:|",
+    ]
+    for r in capacity["memory"]:
+        lines.append(
+            f"| {r['deployment']} | {r['data']} ({r['d_bytes']} B JSON) | {r['sessions']:,} | "
+            f"{' / '.join(f'{n:,}' for n in r['sessions_per_primary'])} | "
+            f"{' / '.join(_n(b) for b in r['bytes_per_session'])} | "
+            f"{_n(r['sessions_per_gib'])} |"
+        )
+    lines += [
+        "",
+        f"Script calls one primary answers, the library's own `get` and `set` pipelined on "
+        f"{capacity['connections']} connections ({capacity['depth']} calls per batch): calls/s "
+        "as measured (median run, min to max); the primary's CPU share over the run (near "
+        "1.0: the primary was the limit, below: the shared machine was); its CPU µs per call "
+        "and so the calls one core of its own answers; the CPU µs per call of its replica.",
+        "",
+        "| deployment | call | calls/s | primary CPU share | primary CPU µs/call | calls/s "
+        "per core | replica CPU µs/call |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in capacity["sustained"]:
+        rate = _spread(r["calls_per_s"], r["calls_per_s_min"], r["calls_per_s_max"])
+        core = _spread(r["calls_per_core_s"], r["calls_per_core_s_min"], r["calls_per_core_s_max"])
+        lines.append(
+            f"| {r['deployment']} | `{r['operation']}` | {rate} | {r['server_cpu_share']} | "
+            f"{r['server_cpu_us_per_call']} | {core} | {_n(r.get('replica_cpu_us_per_call'))} |"
+        )
+    return lines
 
 
 def _reading(report: dict[str, Any]) -> str:

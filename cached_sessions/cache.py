@@ -138,6 +138,12 @@ class SessionCache:
         """Whether the session is cached; counts no hit and keeps the LRU order."""
         return (app, token) in self._entries
 
+    def known_id(self, app: str, token: str) -> str | None:
+        """The user id of a cached session, for a caller that can use it as a hint
+        (it may be stale: the session may have been killed since)."""
+        entry = self._entries.get((app, token))
+        return None if entry is None else entry.id
+
     def holds_token(self, token: str) -> bool:
         """Whether any app's session of this token is cached (for tests and tools)."""
         return any(key[1] == token for key in list(self._entries.keys()))

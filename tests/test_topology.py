@@ -245,7 +245,7 @@ async def test_sharded_pubsub_after_primary_killed(healed_cluster: LocalCluster)
         killed = time.monotonic()
         with pytest.raises(redis.exceptions.ConnectionError):
             await pubsub.get_sharded_message(timeout=1.0)
-        assert time.monotonic() - killed < 1.0
+        assert time.monotonic() - killed < 2.0
         new = await asyncio.to_thread(cluster.wait_failover, old)
 
         with pytest.raises(redis.exceptions.ConnectionError):  # no refresh: still lost

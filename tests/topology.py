@@ -15,7 +15,9 @@ keep traffic going, say) calls them through `asyncio.to_thread`.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -31,7 +33,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from tests.servers import free_port, server_binary
+from tests.servers import server_binary
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -44,6 +46,43 @@ UNHEALTHY_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr", "nofailover
 def server_kind() -> str:
     """The binary the tests run against, as chosen for the whole test session."""
     return os.environ.get("CACHED_SESSIONS_TEST_SERVER", "valkey")
+
+
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports, free now and below the ephemeral range.
+
+    Below that range no outgoing connection can take a port while its server is down
+    (nor connect to itself there), so a killed node can always restart on its port. The
+    ports are held together while choosing, so no two are the same.
+    """
+    top = ephemeral_floor()
+    candidates = random.sample(range(max(1024, top - 12000), top), count * 20)
+    held: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(held) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        if len(held) < count:
+            raise RuntimeError(f"found {len(held)} of {count} free ports below {top}")
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def wait_until(check: Callable[[], str | None], what: str, timeout: float) -> None:
@@ -268,8 +307,11 @@ class LocalCluster:
         self.node_ids: dict[int, str] = {}
         self.migrations: list[SlotMigration] = []
         self.slots_at_kill: dict[int, tuple[tuple[int, int], ...]] = {}
-        for _ in range(primaries * (1 + replicas_per_primary)):
-            port = free_port()
+        count = primaries * (1 + replicas_per_primary)
+        ports = free_ports(2 * count)
+        # Bus ports of our own choosing: port + 10000 may be taken or out of range.
+        self.bus_ports = dict(zip(ports[:count], ports[count:], strict=True))
+        for port in self.bus_ports:
             self.nodes[port] = Node(self.binary, self.folder / str(port), port, self._args(port))
 
     def _args(self, port: int) -> list[str]:
@@ -277,8 +319,7 @@ class LocalCluster:
         return [
             "--port", str(port),
             "--bind", HOST,
-            # A bus port of our own choosing: port + 10000 may be taken or out of range.
-            "--cluster-port", str(free_port()),
+            "--cluster-port", str(self.bus_ports[port]),
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(folder / "nodes.conf"),
             "--cluster-node-timeout", str(self.node_timeout_ms),
@@ -320,9 +361,8 @@ class LocalCluster:
             node.command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
             self.node_ids[node.port] = node.command("CLUSTER", "MYID")
         first = nodes[0]
-        bus_port = int(first.args[first.args.index("--cluster-port") + 1])
         for node in nodes[1:]:
-            node.command("CLUSTER", "MEET", HOST, first.port, bus_port)
+            node.command("CLUSTER", "MEET", HOST, first.port, self.bus_ports[first.port])
         primaries = nodes[: self.primary_count]
         for index, node in enumerate(primaries):
             start = index * SLOTS // self.primary_count
@@ -709,16 +749,15 @@ class LocalSentinel:
         self.failover_timeout_ms = failover_timeout_ms
         self.binary = server_binary(kind)
         self.folder = Path(tempfile.mkdtemp(prefix=f"cs-sentinel-{kind}-"))
+        ports = free_ports(1 + replicas + sentinels)
         self.data_nodes: dict[int, Node] = {}
-        for _ in range(1 + replicas):
-            port = free_port()
+        for port in ports[: 1 + replicas]:
             self.data_nodes[port] = Node(
                 self.binary, self.folder / str(port), port, self._data_args(port)
             )
         self.first_primary = next(iter(self.data_nodes))
         self.sentinel_nodes: dict[int, Node] = {}
-        for _ in range(sentinels):
-            port = free_port()
+        for port in ports[1 + replicas :]:
             folder = self.folder / f"sentinel-{port}"
             self.sentinel_nodes[port] = Node(
                 self.binary, folder, port, [str(folder / "sentinel.conf"), "--sentinel"]

@@ -40,7 +40,7 @@ SLOTS = 16384
 POLL_INTERVAL = 0.05
 
 # A state a node may see another node in that means "not part of the cluster right now".
-UNHEALTHY_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr", "nofailover"})
+UNHEALTHY_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 
 def server_kind() -> str:
@@ -151,6 +151,8 @@ class Node:
 
     def start(self, extra_args: Sequence[str] = (), timeout: float = 15.0) -> None:
         """Run the server and return once it answers PING."""
+        if self.alive:
+            raise RuntimeError(f"server on {self.port} is already running")
         self.client.connection_pool.disconnect()
         command = [self.binary, *self.args, *extra_args]
         self.process = subprocess.Popen(
@@ -447,7 +449,7 @@ class LocalCluster:
         Every live node: `cluster_state:ok`, knows every node, sees every other live node
         connected and without a failure flag, serves the same CLUSTER SLOTS map, which
         covers all slots with live primaries; no slot migration is open; every live
-        replica's link to the primary of that map is up. When no node is down, there are
+        replica's replication link is up. When no node is down, there are
         also exactly `primaries` primaries, each listed with all its replicas.
         """
         wait_until(self.health_problem, "cluster healthy", timeout)
@@ -667,10 +669,12 @@ class SlotMigration:
         While the slot migrates, new keys go to the target (the source answers ASK for
         keys it lacks), so the source only loses keys and the loop ends.
         """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
         wanted = self.keys_left() if limit is None else min(limit, self.keys_left())
         moved = 0
         deadline = time.monotonic() + timeout
-        for _ in range(wanted // max(batch, 1) + 2):
+        for _ in range(wanted // batch + 2):
             if moved >= wanted:
                 break
             if time.monotonic() > deadline:
@@ -679,9 +683,7 @@ class SlotMigration:
             keys = self.source.command("CLUSTER", "GETKEYSINSLOT", self.slot, count)
             if not keys:
                 break
-            self.source.command(
-                "MIGRATE", HOST, self.target.port, "", 0, 5000, "KEYS", *keys
-            )  # fmt: skip
+            self.source.command("MIGRATE", HOST, self.target.port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
             if pause is not None:
                 pause(moved)
@@ -756,6 +758,7 @@ class LocalSentinel:
                 self.binary, self.folder / str(port), port, self._data_args(port)
             )
         self.first_primary = next(iter(self.data_nodes))
+        self.killed_primary: int | None = None
         self.sentinel_nodes: dict[int, Node] = {}
         for port in ports[1 + replicas :]:
             folder = self.folder / f"sentinel-{port}"
@@ -833,9 +836,13 @@ class LocalSentinel:
 
     def primary_port(self) -> int:
         """The primary as the first live sentinel names it."""
-        sentinel = next(node for node in self.sentinel_nodes.values() if node.alive)
-        _, port = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
-        return int(port)
+        return self._named_primary(next(n for n in self.sentinel_nodes.values() if n.alive))
+
+    def _named_primary(self, sentinel: Node) -> int:
+        address = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        if address is None:
+            raise redis.ResponseError(f"sentinel {sentinel.port} knows no {self.master_name}")
+        return int(address[1])
 
     def replica_ports(self) -> list[int]:
         """The data nodes other than the primary (live or not)."""
@@ -859,8 +866,7 @@ class LocalSentinel:
         primaries = set()
         for sentinel in self.sentinel_nodes.values():
             if sentinel.alive:
-                _, port = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
-                primaries.add(int(port))
+                primaries.add(self._named_primary(sentinel))
         if len(primaries) != 1:
             return f"sentinels name different primaries: {sorted(primaries)}"
         primary = primaries.pop()
@@ -918,11 +924,12 @@ class LocalSentinel:
         """SIGKILL the current primary; return its port."""
         port = self.primary_port()
         self.data_nodes[port].kill()
+        self.killed_primary = port
         return port
 
     def wait_failover(self, old_port: int, timeout: float = 30.0) -> int:
         """Return the port of the new primary once the live sentinels all name it (not
-        `old_port`), it says it is a master, and it accepts a write."""
+        `old_port`), see it healthy (see `wait_healthy`), and it takes writes."""
 
         def promoted() -> str | None:
             problem = self.health_problem()
@@ -931,22 +938,34 @@ class LocalSentinel:
             port = self.primary_port()
             if port == old_port:
                 return f"sentinels still name {old_port}"
-            self.data_nodes[port].client.set("topology:failover-probe", str(time.time()))
+            # A write command that stores nothing: a replica refuses it with READONLY.
+            self.data_nodes[port].client.delete("topology:write-probe")
             return None
 
         wait_until(promoted, f"sentinels replace {old_port}", timeout)
         return self.primary_port()
 
-    def restart_old_primary(self, port: int, timeout: float = 60.0) -> None:
-        """Start the killed node again as a replica of the current primary, and return
-        once healthy (see `wait_healthy`): synced, and listed as a replica by every
-        sentinel. It starts with `--replicaof` so that it never answers as a stale
-        primary (a sentinel would convert it too, but only after about ten seconds)."""
-        self.data_nodes[port].start(["--replicaof", HOST, str(self.primary_port())])
+    def restart_old_primary(self, port: int | None = None, timeout: float = 60.0) -> None:
+        """Start a killed data node (by default the primary `kill_primary` killed) again,
+        and return once healthy (see `wait_healthy`): synced, and listed as a replica by
+        every sentinel.
+
+        It starts with `--replicaof` the current primary, so it never answers as a stale
+        primary (the sentinels would convert it too, but only about ten seconds later).
+        If the sentinels still name it primary (no failover yet), it starts as primary.
+        """
+        if port is None:
+            if self.killed_primary is None:
+                raise ValueError("no primary was killed")
+            port = self.killed_primary
+        primary = self.primary_port()
+        replica_of = [] if primary == port else ["--replicaof", HOST, str(primary)]
+        self.data_nodes[port].start(replica_of)
         self.wait_healthy(timeout)
 
     def heal(self, timeout: float = 60.0) -> None:
-        """Start every killed node again (data nodes as replicas) and wait until healthy."""
+        """Start every killed process again (data nodes as replicas of the current
+        primary) and return once healthy (see `wait_healthy`)."""
         for node in self.sentinel_nodes.values():
             if not node.alive:
                 node.start()

@@ -101,6 +101,8 @@ async def test_cluster_forms_with_synced_replicas(cluster: LocalCluster, rc: Red
     assert sorted(node.port for node in rc.get_replicas()) == cluster.replicas()
     owners = {rc.nodes_manager.slots_cache[slot][0].port for slot in range(SLOTS)}
     assert owners == set(primaries)
+    async with RedisCluster.from_url(cluster.url) as from_url:
+        assert len(await from_url.cluster_nodes()) == 6
 
 
 async def test_every_primary_takes_writes(cluster: LocalCluster, rc: RedisCluster) -> None:
@@ -198,6 +200,30 @@ async def test_traffic_during_a_migration(healed_cluster: LocalCluster, rc: Redi
     assert seen == [5, 10, 12]
     assert cluster.node_for_slot(slot) == target
     await asyncio.to_thread(cluster.migrate_slot, slot, source)
+
+
+async def test_heal_after_kills_without_waiting(healed_cluster: LocalCluster) -> None:
+    """heal() copes with a test that killed nodes and left at once."""
+    cluster = healed_cluster
+    first, second, _ = cluster.primaries()
+    cluster.kill_primary(first)
+    cluster.kill_node(cluster.replicas(of=second)[0])
+    cluster.heal()
+    assert len(cluster.primaries()) == 3
+    assert len(cluster.replicas()) == 3
+    assert cluster.health_problem() is None
+
+
+async def test_heal_finishes_an_open_migration(healed_cluster: LocalCluster) -> None:
+    cluster = healed_cluster
+    slot = key_slot(b"{open}")
+    source = cluster.node_for_slot(slot)
+    target = next(port for port in cluster.primaries() if port != source)
+    cluster.migrate_slot(slot, target, stop_after_keys=0)
+    assert str(cluster.health_problem()).endswith(": a slot migration is open")
+    cluster.heal()
+    assert cluster.node_for_slot(slot) == target
+    cluster.migrate_slot(slot, source)
 
 
 async def test_flushall_empties_every_shard(cluster: LocalCluster, rc: RedisCluster) -> None:

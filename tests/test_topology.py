@@ -61,16 +61,34 @@ async def next_message(pubsub: ClusterPubSub, within: float = 5.0) -> dict[str, 
     raise AssertionError(f"no sharded message within {within} s")
 
 
-async def message_after_errors(pubsub: ClusterPubSub, within: float = 5.0) -> dict[str, Any]:
-    """The next sharded message, reading through the ConnectionErrors of a subscription
-    still on a dead node (ClusterPubSub moves it in a task of its own)."""
+async def read_until(pubsub: ClusterPubSub, kind: str, within: float = 5.0) -> list[str]:
+    """Read sharded messages up to the first of type `kind`; return the types read.
+
+    Reads through the errors of a subscription that ClusterPubSub is moving in a task of
+    its own, and lists them too: ConnectionError while it is still on a dead node,
+    MovedError for its SUNSUBSCRIBE on a node that lost the slot, and at times
+    RuntimeError("pubsub connection not set") when a read picks the per-node PubSub
+    that the task has just closed.
+    """
+    seen: list[str] = []
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
-            return await next_message(pubsub, deadline - time.monotonic())
-        except redis.exceptions.ConnectionError:
+            message = await pubsub.get_sharded_message(timeout=0.1)
+        except (redis.exceptions.RedisError, RuntimeError) as error:
+            seen.append(type(error).__name__)
             await asyncio.sleep(0.05)
-    raise AssertionError(f"no sharded message within {within} s")
+            continue
+        if message is not None:
+            seen.append(message["type"])
+            if message["type"] == kind:
+                return seen
+    raise AssertionError(f"no {kind} within {within} s; read {seen}")
+
+
+def lasting(seen: list[str]) -> list[str]:
+    """What `read_until` read, less the errors of a dead node or a closed PubSub."""
+    return [kind for kind in seen if kind not in ("ConnectionError", "RuntimeError")]
 
 
 def get_with(port: int, prefix: str, key: str) -> str | None:
@@ -259,7 +277,8 @@ async def test_sharded_pubsub_after_primary_killed(healed_cluster: LocalCluster)
     every read raises ConnectionError from the first read after the kill; the
     ClusterPubSub moves its subscription to the promoted replica only when its
     RedisCluster refreshes its slot map (on its own traffic, or when asked), and says
-    so with an `ssubscribe` confirmation. Without a refresh it stays on the dead node.
+    so with an `ssubscribe` confirmation. Without a refresh it stays on the dead node
+    for good, however long ago the failover ended.
     """
     cluster = healed_cluster
     rc = await cluster_client(cluster)
@@ -277,8 +296,7 @@ async def test_sharded_pubsub_after_primary_killed(healed_cluster: LocalCluster)
         with pytest.raises(redis.exceptions.ConnectionError):  # no refresh: still lost
             await pubsub.get_sharded_message(timeout=0.5)
         await rc.nodes_manager.initialize()  # what any MOVED or connection error triggers
-        message = await message_after_errors(pubsub)
-        assert (message["type"], message["channel"]) == ("ssubscribe", CHANNEL)
+        assert lasting(await read_until(pubsub, "ssubscribe")) == ["ssubscribe"]
         assert list(pubsub.node_pubsub_mapping) == [f"127.0.0.1:{new}"]
         assert await rc.spublish(CHANNEL, "again") == 1
         assert (await next_message(pubsub))["data"] == "again"
@@ -289,8 +307,10 @@ async def test_sharded_pubsub_after_primary_killed(healed_cluster: LocalCluster)
 
 async def test_sharded_pubsub_after_graceful_failover(healed_cluster: LocalCluster) -> None:
     """On CLUSTER FAILOVER the demoted primary ends its shard subscriptions with a
-    `sunsubscribe` (count 0) nobody asked for. redis-py 8.1 still counts the channel as
-    subscribed and does not subscribe again: later messages never arrive."""
+    `sunsubscribe` (count 0) nobody asked for, and no error. redis-py 8.1 still counts
+    the channel as subscribed and does not subscribe again, and nothing makes its client
+    refresh (the demoted node, a replica of the same shard, takes SPUBLISH without a
+    MOVED): later messages never arrive. A refresh, when asked for, moves it."""
     cluster = healed_cluster
     rc = await cluster_client(cluster)
     pubsub = rc.pubsub()
@@ -309,7 +329,15 @@ async def test_sharded_pubsub_after_graceful_failover(healed_cluster: LocalClust
         assert CHANNEL in pubsub.shard_channels  # redis-py believes it still listens
         async with await cluster_client(cluster) as publisher:
             await publisher.spublish(CHANNEL, "lost")
-        assert await pubsub.get_sharded_message(timeout=1.0) is None
+            assert await pubsub.get_sharded_message(timeout=1.0) is None
+
+            await rc.nodes_manager.initialize()  # a refresh moves it to the new primary
+            # The move unsubscribes on the old node first, which confirms it once more.
+            seen = await read_until(pubsub, "ssubscribe")
+            assert lasting(seen) == ["sunsubscribe", "ssubscribe"]
+            assert list(pubsub.node_pubsub_mapping) == [f"127.0.0.1:{replica}"]
+            await publisher.spublish(CHANNEL, "heard")
+            assert (await next_message(pubsub))["data"] == "heard"
     finally:
         await pubsub.aclose()
         await rc.aclose()
@@ -317,7 +345,9 @@ async def test_sharded_pubsub_after_graceful_failover(healed_cluster: LocalClust
 
 async def test_sharded_pubsub_when_its_slot_moves(healed_cluster: LocalCluster) -> None:
     """Moving a slot away ends its shard subscriptions on the source with a
-    `sunsubscribe` (count 0), as soon as the source stops owning the slot."""
+    `sunsubscribe` (count 0), as soon as the source stops owning the slot. A refresh of
+    the client's map (a MOVED on its own traffic does it too) moves the subscription;
+    the reply to its SUNSUBSCRIBE on the source, a MOVED, is raised to the reader."""
     cluster = healed_cluster
     rc = await cluster_client(cluster)
     pubsub = rc.pubsub()
@@ -330,6 +360,10 @@ async def test_sharded_pubsub_when_its_slot_moves(healed_cluster: LocalCluster) 
         await asyncio.to_thread(cluster.migrate_slot, slot, target)
         message = await next_message(pubsub)
         assert (message["type"], message["data"]) == ("sunsubscribe", 0)
+        await rc.nodes_manager.initialize()  # a refresh moves it; the source says MOVED
+        assert lasting(await read_until(pubsub, "ssubscribe")) == ["MovedError", "ssubscribe"]
+        assert await rc.spublish(CHANNEL, "heard") == 1
+        assert (await next_message(pubsub))["data"] == "heard"
     finally:
         await pubsub.aclose()
         await rc.aclose()

@@ -141,7 +141,7 @@ async def test_acknowledged_write_survives_failover(healed_cluster: LocalCluster
     primary = cluster.node_for_key(key)
     async with Redis(port=primary, single_connection_client=True) as direct:
         await direct.set(key, "kept")
-        assert await direct.execute_command("WAIT", 1, 5000) == 1
+        assert await direct.wait(1, 5000) == 1
     rc = await cluster_client(cluster)
     try:
         assert await rc.get(key) == "kept"
@@ -185,7 +185,9 @@ async def test_slot_migration_redirects(healed_cluster: LocalCluster, rc: RedisC
         cluster.nodes[source].client.get(moved[0])
     for key, value in keys.items():
         assert await rc.get(key) == value  # MOVED, then the client's map is updated
-    assert rc.get_node_from_key(moved[0]).port == target
+    node = rc.get_node_from_key(moved[0])
+    assert node is not None
+    assert node.port == target
     assert cluster.health_problem() is None
 
     cluster.migrate_slot(slot, source)  # back, all at once
@@ -205,7 +207,7 @@ async def test_traffic_during_a_migration(healed_cluster: LocalCluster, rc: Redi
     loop = asyncio.get_running_loop()
     seen: list[int] = []
 
-    async def read_all() -> list[str | None]:
+    async def read_all() -> list[Any]:
         return [await rc.get(key) for key in keys]
 
     def between_batches(moved: int) -> None:
@@ -373,23 +375,34 @@ async def test_sharded_pubsub_when_its_slot_moves(healed_cluster: LocalCluster) 
 # --------------------------------------------------------------------------- sentinel
 
 
-async def test_sentinel_setup_is_healthy(sentinel: LocalSentinel) -> None:
+@pytest.fixture
+async def sentinel_client(sentinel: LocalSentinel) -> AsyncIterator[Sentinel]:
+    client = Sentinel(sentinel.sentinels, decode_responses=True)  # type: ignore[no-untyped-call]
+    yield client
+    for connection in client.sentinels:
+        await connection.aclose()
+
+
+async def test_sentinel_setup_is_healthy(
+    sentinel: LocalSentinel, sentinel_client: Sentinel
+) -> None:
     assert sentinel.health_problem() is None
-    client = Sentinel(sentinel.sentinels, decode_responses=True)
+    client = sentinel_client
     host, port = await client.discover_master(sentinel.master_name)
     assert (host, port) == ("127.0.0.1", sentinel.primary_port())
     replicas = await client.discover_slaves(sentinel.master_name)
-    assert sorted(port for _, port in replicas) == sentinel.replica_ports()
+    assert sorted(int(port) for _, port in replicas) == sentinel.replica_ports()
 
 
-async def test_sentinel_failover_is_followed(healed_sentinel: LocalSentinel) -> None:
+async def test_sentinel_failover_is_followed(
+    healed_sentinel: LocalSentinel, sentinel_client: Sentinel
+) -> None:
     topology = healed_sentinel
-    client = Sentinel(topology.sentinels, decode_responses=True)
-    primary = client.master_for(topology.master_name, decode_responses=True)
+    primary = sentinel_client.master_for(topology.master_name, decode_responses=True)
     try:
         async with primary.client() as connection:  # WAIT counts this connection's writes
             await connection.set("topology:sentinel", "kept")
-            assert await connection.execute_command("WAIT", 1, 5000) == 1
+            assert await connection.wait(1, 5000) == 1
         old = topology.kill_primary()
         new = await asyncio.to_thread(topology.wait_failover, old)
         assert new != old

@@ -30,7 +30,9 @@ from tests.topology import (
     sentinel,
 )
 
-__all__ = ["cluster", "healed_cluster", "healed_sentinel", "sentinel"]  # fixtures in use
+# Imported so that pytest finds the fixtures here. Once conftest.py imports them, drop
+# them from this import: two imports make two fixture definitions, hence two clusters.
+__all__ = ["cluster", "healed_cluster", "healed_sentinel", "sentinel"]
 
 CHANNEL = "rs:cache{app:7}"
 

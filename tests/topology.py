@@ -15,7 +15,9 @@ keep traffic going, say) calls them through `asyncio.to_thread`.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -31,19 +33,56 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from tests.servers import free_port, server_binary
+from tests.servers import server_binary
 
 HOST = "127.0.0.1"
 SLOTS = 16384
 POLL_INTERVAL = 0.05
 
 # A state a node may see another node in that means "not part of the cluster right now".
-UNHEALTHY_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr", "nofailover"})
+UNHEALTHY_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 
 def server_kind() -> str:
     """The binary the tests run against, as chosen for the whole test session."""
     return os.environ.get("CACHED_SESSIONS_TEST_SERVER", "valkey")
+
+
+def ephemeral_floor() -> int:
+    """The lowest port the kernel hands out for outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports, free now and below the ephemeral range.
+
+    Below that range no outgoing connection can take a port while its server is down
+    (nor connect to itself there), so a killed node can always restart on its port. The
+    ports are held together while choosing, so no two are the same.
+    """
+    top = ephemeral_floor()
+    candidates = random.sample(range(max(1024, top - 12000), top), count * 20)
+    held: list[socket.socket] = []
+    try:
+        for port in candidates:
+            if len(held) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                sock.close()
+                continue
+            held.append(sock)
+        if len(held) < count:
+            raise RuntimeError(f"found {len(held)} of {count} free ports below {top}")
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def wait_until(check: Callable[[], str | None], what: str, timeout: float) -> None:
@@ -112,6 +151,8 @@ class Node:
 
     def start(self, extra_args: Sequence[str] = (), timeout: float = 15.0) -> None:
         """Run the server and return once it answers PING."""
+        if self.alive:
+            raise RuntimeError(f"server on {self.port} is already running")
         self.client.connection_pool.disconnect()
         command = [self.binary, *self.args, *extra_args]
         self.process = subprocess.Popen(
@@ -268,8 +309,11 @@ class LocalCluster:
         self.node_ids: dict[int, str] = {}
         self.migrations: list[SlotMigration] = []
         self.slots_at_kill: dict[int, tuple[tuple[int, int], ...]] = {}
-        for _ in range(primaries * (1 + replicas_per_primary)):
-            port = free_port()
+        count = primaries * (1 + replicas_per_primary)
+        ports = free_ports(2 * count)
+        # Bus ports of our own choosing: port + 10000 may be taken or out of range.
+        self.bus_ports = dict(zip(ports[:count], ports[count:], strict=True))
+        for port in self.bus_ports:
             self.nodes[port] = Node(self.binary, self.folder / str(port), port, self._args(port))
 
     def _args(self, port: int) -> list[str]:
@@ -277,8 +321,7 @@ class LocalCluster:
         return [
             "--port", str(port),
             "--bind", HOST,
-            # A bus port of our own choosing: port + 10000 may be taken or out of range.
-            "--cluster-port", str(free_port()),
+            "--cluster-port", str(self.bus_ports[port]),
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(folder / "nodes.conf"),
             "--cluster-node-timeout", str(self.node_timeout_ms),
@@ -320,9 +363,8 @@ class LocalCluster:
             node.command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
             self.node_ids[node.port] = node.command("CLUSTER", "MYID")
         first = nodes[0]
-        bus_port = int(first.args[first.args.index("--cluster-port") + 1])
         for node in nodes[1:]:
-            node.command("CLUSTER", "MEET", HOST, first.port, bus_port)
+            node.command("CLUSTER", "MEET", HOST, first.port, self.bus_ports[first.port])
         primaries = nodes[: self.primary_count]
         for index, node in enumerate(primaries):
             start = index * SLOTS // self.primary_count
@@ -407,7 +449,7 @@ class LocalCluster:
         Every live node: `cluster_state:ok`, knows every node, sees every other live node
         connected and without a failure flag, serves the same CLUSTER SLOTS map, which
         covers all slots with live primaries; no slot migration is open; every live
-        replica's link to the primary of that map is up. When no node is down, there are
+        replica's replication link is up. When no node is down, there are
         also exactly `primaries` primaries, each listed with all its replicas.
         """
         wait_until(self.health_problem, "cluster healthy", timeout)
@@ -627,10 +669,12 @@ class SlotMigration:
         While the slot migrates, new keys go to the target (the source answers ASK for
         keys it lacks), so the source only loses keys and the loop ends.
         """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
         wanted = self.keys_left() if limit is None else min(limit, self.keys_left())
         moved = 0
         deadline = time.monotonic() + timeout
-        for _ in range(wanted // max(batch, 1) + 2):
+        for _ in range(wanted // batch + 2):
             if moved >= wanted:
                 break
             if time.monotonic() > deadline:
@@ -639,9 +683,7 @@ class SlotMigration:
             keys = self.source.command("CLUSTER", "GETKEYSINSLOT", self.slot, count)
             if not keys:
                 break
-            self.source.command(
-                "MIGRATE", HOST, self.target.port, "", 0, 5000, "KEYS", *keys
-            )  # fmt: skip
+            self.source.command("MIGRATE", HOST, self.target.port, "", 0, 5000, "KEYS", *keys)
             moved += len(keys)
             if pause is not None:
                 pause(moved)
@@ -709,16 +751,16 @@ class LocalSentinel:
         self.failover_timeout_ms = failover_timeout_ms
         self.binary = server_binary(kind)
         self.folder = Path(tempfile.mkdtemp(prefix=f"cs-sentinel-{kind}-"))
+        ports = free_ports(1 + replicas + sentinels)
         self.data_nodes: dict[int, Node] = {}
-        for _ in range(1 + replicas):
-            port = free_port()
+        for port in ports[: 1 + replicas]:
             self.data_nodes[port] = Node(
                 self.binary, self.folder / str(port), port, self._data_args(port)
             )
         self.first_primary = next(iter(self.data_nodes))
+        self.killed_primary: int | None = None
         self.sentinel_nodes: dict[int, Node] = {}
-        for _ in range(sentinels):
-            port = free_port()
+        for port in ports[1 + replicas :]:
             folder = self.folder / f"sentinel-{port}"
             self.sentinel_nodes[port] = Node(
                 self.binary, folder, port, [str(folder / "sentinel.conf"), "--sentinel"]
@@ -794,9 +836,13 @@ class LocalSentinel:
 
     def primary_port(self) -> int:
         """The primary as the first live sentinel names it."""
-        sentinel = next(node for node in self.sentinel_nodes.values() if node.alive)
-        _, port = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
-        return int(port)
+        return self._named_primary(next(n for n in self.sentinel_nodes.values() if n.alive))
+
+    def _named_primary(self, sentinel: Node) -> int:
+        address = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        if address is None:
+            raise redis.ResponseError(f"sentinel {sentinel.port} knows no {self.master_name}")
+        return int(address[1])
 
     def replica_ports(self) -> list[int]:
         """The data nodes other than the primary (live or not)."""
@@ -820,8 +866,7 @@ class LocalSentinel:
         primaries = set()
         for sentinel in self.sentinel_nodes.values():
             if sentinel.alive:
-                _, port = sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
-                primaries.add(int(port))
+                primaries.add(self._named_primary(sentinel))
         if len(primaries) != 1:
             return f"sentinels name different primaries: {sorted(primaries)}"
         primary = primaries.pop()
@@ -879,11 +924,12 @@ class LocalSentinel:
         """SIGKILL the current primary; return its port."""
         port = self.primary_port()
         self.data_nodes[port].kill()
+        self.killed_primary = port
         return port
 
     def wait_failover(self, old_port: int, timeout: float = 30.0) -> int:
         """Return the port of the new primary once the live sentinels all name it (not
-        `old_port`), it says it is a master, and it accepts a write."""
+        `old_port`), see it healthy (see `wait_healthy`), and it takes writes."""
 
         def promoted() -> str | None:
             problem = self.health_problem()
@@ -892,22 +938,34 @@ class LocalSentinel:
             port = self.primary_port()
             if port == old_port:
                 return f"sentinels still name {old_port}"
-            self.data_nodes[port].client.set("topology:failover-probe", str(time.time()))
+            # A write command that stores nothing: a replica refuses it with READONLY.
+            self.data_nodes[port].client.delete("topology:write-probe")
             return None
 
         wait_until(promoted, f"sentinels replace {old_port}", timeout)
         return self.primary_port()
 
-    def restart_old_primary(self, port: int, timeout: float = 60.0) -> None:
-        """Start the killed node again as a replica of the current primary, and return
-        once healthy (see `wait_healthy`): synced, and listed as a replica by every
-        sentinel. It starts with `--replicaof` so that it never answers as a stale
-        primary (a sentinel would convert it too, but only after about ten seconds)."""
-        self.data_nodes[port].start(["--replicaof", HOST, str(self.primary_port())])
+    def restart_old_primary(self, port: int | None = None, timeout: float = 60.0) -> None:
+        """Start a killed data node (by default the primary `kill_primary` killed) again,
+        and return once healthy (see `wait_healthy`): synced, and listed as a replica by
+        every sentinel.
+
+        It starts with `--replicaof` the current primary, so it never answers as a stale
+        primary (the sentinels would convert it too, but only about ten seconds later).
+        If the sentinels still name it primary (no failover yet), it starts as primary.
+        """
+        if port is None:
+            if self.killed_primary is None:
+                raise ValueError("no primary was killed")
+            port = self.killed_primary
+        primary = self.primary_port()
+        replica_of = [] if primary == port else ["--replicaof", HOST, str(primary)]
+        self.data_nodes[port].start(replica_of)
         self.wait_healthy(timeout)
 
     def heal(self, timeout: float = 60.0) -> None:
-        """Start every killed node again (data nodes as replicas) and wait until healthy."""
+        """Start every killed process again (data nodes as replicas of the current
+        primary) and return once healthy (see `wait_healthy`)."""
         for node in self.sentinel_nodes.values():
             if not node.alive:
                 node.start()

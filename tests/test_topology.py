@@ -20,19 +20,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError
 
-from tests.topology import (
-    SLOTS,
-    LocalCluster,
-    LocalSentinel,
-    cluster,
-    healed_cluster,
-    healed_sentinel,
-    sentinel,
-)
-
-# Imported so that pytest finds the fixtures here. Once conftest.py imports them, drop
-# them from this import: two imports make two fixture definitions, hence two clusters.
-__all__ = ["cluster", "healed_cluster", "healed_sentinel", "sentinel"]
+from tests.topology import SLOTS, LocalCluster, LocalSentinel
 
 CHANNEL = "rs:cache{app:7}"
 

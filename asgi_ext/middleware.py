@@ -253,8 +253,8 @@ class _Request:
                 except UNAVAILABLE_ERRORS as error:
                     await self._unavailable(error)
                     return
-        elif self.replaced and kind.startswith("http.response"):
-            return  # the body of a response the 503 replaced
+        elif self.replaced and kind.startswith(("http.response", "websocket.")):
+            return  # the body of a response the 503 replaced, or of a refused socket
         await self.send(message)
 
     async def _commit(self) -> list[str]:

@@ -1,7 +1,8 @@
 """The middleware while Redis is unreachable: the failure policy of the design brief.
 
-Every test runs its own server process (stopped and started again on the same port),
-never the shared one, and leaves no process behind. The policy under test:
+Every test runs on aiohttp and on ASGI (Starlette on uvicorn), each on its real server,
+with its own Redis server process (stopped and started again on the same port), never
+the shared one, and leaves no process behind. The policy under test:
 
 * by default (`on_unavailable="error"`) a request that needs the session gets a 503
   with `Retry-After` and a plain message, never a 500 or a traceback, and a login is
@@ -9,7 +10,9 @@ never the shared one, and leaves no process behind. The policy under test:
 * with `on_unavailable="anonymous"` the request goes on anonymous and the handler can
   tell (`session.unavailable`); a write still fails with 503, never a fake success;
 * a write the middleware makes at the end of the request fails with 503 as well,
-  whatever the kind of response (returned, redirect, streamed);
+  whatever the kind of response (returned, redirect, streamed, file);
+* a WebSocket whose session cannot be read or saved is refused: aiohttp answers the
+  handshake 503; an ASGI server refuses it, the middleware having closed it with 1013;
 * once the server answers PING again, requests succeed within a second, with no
   restart of the app.
 """
@@ -26,17 +29,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp import DummyCookieJar, WSServerHandshakeError, web
-from aiohttp.test_utils import TestClient
+from aiohttp import WSServerHandshakeError, web
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
-from aiohttp_ext import get_session, setup_sessions
+import aiohttp_ext
+import asgi_ext
 from cached_sessions import RedisSessions
 from tests.cookies import set_cookies
 from tests.servers import ServerProcess, free_port
+from tests.web_apps import Client, serve_app
+
+pytest_plugins = ("tests.web_apps",)  # the `framework` fixture: aiohttp, then ASGI
 
 APP = "outage"
-Client = TestClient[web.Request, web.Application]
 Hook = Callable[[], Awaitable[None]]
 HOOK = web.AppKey("outage_hook", Hook)  # what the handler calls between change and save
 
@@ -74,38 +86,38 @@ def own_server() -> Iterator[OwnServer]:
     assert not server.answers_ping()
 
 
-# The app
+# The app on aiohttp
 
 
 async def whoami(request: web.Request) -> web.Response:
-    session = await get_session(request)
+    session = await aiohttp_ext.get_session(request)
     return web.json_response(
         {"user": session.user_id, "data": dict(session), "unavailable": session.unavailable}
     )
 
 
 async def login(request: web.Request) -> web.Response:
-    session = await get_session(request)
+    session = await aiohttp_ext.get_session(request)
     await session.upgrade(request.query.get("user", "alice"))
     session["n"] = 0
     return web.json_response({"token": session.token})
 
 
 async def logout(request: web.Request) -> web.Response:
-    session = await get_session(request)
+    session = await aiohttp_ext.get_session(request)
     await session.destroy()
     return web.json_response({"logged_out": True})
 
 
 async def logout_everywhere(request: web.Request) -> web.Response:
-    session = await get_session(request)
+    session = await aiohttp_ext.get_session(request)
     await session.destroy_all()
     return web.json_response({"logged_out": True})
 
 
 async def write_then_outage(request: web.Request) -> web.StreamResponse:
     """Changes the session, lets the test cut Redis off, then answers as `how` says."""
-    session = await get_session(request)
+    session = await aiohttp_ext.get_session(request)
     if request.query.get("login"):
         await session.upgrade("mallory")
     session["changed"] = request.query.get("value", "yes")
@@ -129,15 +141,124 @@ async def write_then_outage(request: web.Request) -> web.StreamResponse:
     return web.json_response({"changed": True})
 
 
-def build_app(store: RedisSessions, hook: Hook, **options: Any) -> web.Application:
+async def socket(request: web.Request) -> web.WebSocketResponse:
+    session = await aiohttp_ext.get_session(request)
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_str(session.user_id or "anonymous")
+    await ws.close()
+    return ws
+
+
+def aiohttp_app(store: RedisSessions, hook: Hook, **options: Any) -> web.Application:
     app = web.Application()
-    setup_sessions(app, store, app_name=APP, secure=False, **options)
+    aiohttp_ext.setup_sessions(app, store, app_name=APP, secure=False, **options)
     app[HOOK] = hook
     app.router.add_get("/whoami", whoami)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
     app.router.add_post("/logout-everywhere", logout_everywhere)
     app.router.add_route("*", "/write-then-outage", write_then_outage)
+    app.router.add_get("/socket", socket)
+    return app
+
+
+# The same app on Starlette
+
+
+async def s_whoami(request: Request) -> JSONResponse:
+    session = await asgi_ext.get_session(request)
+    return JSONResponse(
+        {"user": session.user_id, "data": dict(session), "unavailable": session.unavailable}
+    )
+
+
+async def s_login(request: Request) -> JSONResponse:
+    session = await asgi_ext.get_session(request)
+    await session.upgrade(request.query_params.get("user", "alice"))
+    session["n"] = 0
+    return JSONResponse({"token": session.token})
+
+
+async def s_logout(request: Request) -> JSONResponse:
+    session = await asgi_ext.get_session(request)
+    await session.destroy()
+    return JSONResponse({"logged_out": True})
+
+
+async def s_logout_everywhere(request: Request) -> JSONResponse:
+    session = await asgi_ext.get_session(request)
+    await session.destroy_all()
+    return JSONResponse({"logged_out": True})
+
+
+class Recorder:
+    """An outer ASGI middleware that keeps every WebSocket message sent to the server."""
+
+    def __init__(self, app: Any, sent: list[Message]) -> None:
+        self.app = app
+        self.sent = sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def record(message: Message) -> None:
+            if message["type"].startswith("websocket."):
+                self.sent.append(message)
+            await send(message)
+
+        await self.app(scope, receive, record)
+
+
+def starlette_app(
+    store: RedisSessions, hook: Hook, sent: list[Message] | None = None, **options: Any
+) -> Starlette:
+    async def write_then_outage(request: Request) -> Any:
+        """Changes the session, lets the test cut Redis off, then answers as `how` says."""
+        session = await asgi_ext.get_session(request)
+        if request.query_params.get("login"):
+            await session.upgrade("mallory")
+        session["changed"] = request.query_params.get("value", "yes")
+        await hook()
+        how = request.query_params.get("how", "return")
+        if how == "redirect":
+            return RedirectResponse("/whoami", status_code=302)
+        if how == "stream":
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b"streamed"
+
+            return StreamingResponse(body())  # the middleware saves before the headers
+        if how == "file":
+            return FileResponse(Path(__file__))
+        return JSONResponse({"changed": True})
+
+    async def socket_then_outage(websocket: WebSocket) -> None:
+        session = await asgi_ext.get_session(websocket)
+        session["changed"] = "yes"
+        await hook()
+        await websocket.accept()  # the middleware saves here, before the accept goes out
+        await websocket.send_text("connected")
+        await websocket.close()
+
+    async def socket(websocket: WebSocket) -> None:
+        session = await asgi_ext.get_session(websocket)
+        await websocket.accept()
+        await websocket.send_text(session.user_id or "anonymous")
+        await websocket.close()
+
+    routes: list[Any] = [
+        Route("/whoami", s_whoami),
+        Route("/login", s_login, methods=["POST"]),
+        Route("/logout", s_logout, methods=["POST"]),
+        Route("/logout-everywhere", s_logout_everywhere, methods=["POST"]),
+        Route("/write-then-outage", write_then_outage, methods=["GET", "POST"]),
+        WebSocketRoute("/socket-then-outage", socket_then_outage),
+        WebSocketRoute("/socket", socket),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(
+        asgi_ext.SessionMiddleware, store=store, app_name=APP, secure=False, **options
+    )
+    app.add_middleware(Recorder, sent=[] if sent is None else sent)
     return app
 
 
@@ -145,22 +266,36 @@ MakeClient = Callable[..., Awaitable[tuple[Client, RedisSessions]]]
 
 
 @pytest.fixture
-async def make_client(own_server: OwnServer, aiohttp_client: Any) -> AsyncIterator[MakeClient]:
+async def make_client(own_server: OwnServer, framework: str) -> AsyncIterator[MakeClient]:
+    """`await make_client(cachetime=0, url=None, **options)`: a client of the outage app
+    on `framework`'s real server, and the app's store."""
+
     async def stop_server() -> None:
         await asyncio.to_thread(own_server.stop)
 
-    async def make(
-        cachetime: float = 0, url: str | None = None, **options: Any
-    ) -> tuple[Client, RedisSessions]:
-        store = RedisSessions(
-            url=url or own_server.url, namespace=f"o{uuid.uuid4().hex[:10]}", wipe=0,
-            cachetime=cachetime,
-        )  # fmt: skip
-        app = build_app(store, stop_server, **options)
-        client: Client = await aiohttp_client(app, cookie_jar=DummyCookieJar())
-        return client, store
+    async with contextlib.AsyncExitStack() as stack:
 
-    yield make
+        async def make(
+            cachetime: float = 0,
+            url: str | None = None,
+            sent: list[Message] | None = None,
+            **options: Any,
+        ) -> tuple[Client, RedisSessions]:
+            store = RedisSessions(
+                url=url or own_server.url, namespace=f"o{uuid.uuid4().hex[:10]}", wipe=0,
+                cachetime=cachetime,
+            )  # fmt: skip
+            if framework == "aiohttp":
+                app: Any = aiohttp_app(store, stop_server, **options)
+            else:
+                app = starlette_app(store, stop_server, sent, **options)
+            port = free_port()
+            base = await stack.enter_async_context(serve_app(app, port))
+            http = aiohttp.ClientSession(base, cookie_jar=aiohttp.DummyCookieJar())
+            stack.push_async_callback(http.close)
+            return Client(http, store, port, framework), store
+
+        yield make
 
 
 # Helpers
@@ -363,15 +498,50 @@ async def test_a_save_that_fails_at_the_end_of_the_request_answers_503(
     assert_raw_unavailable(status, headers, body)
 
 
-@pytest.mark.parametrize("on_unavailable", ["error", "anonymous"])
-async def test_a_websocket_whose_save_fails_is_refused_with_503(
-    make_client: MakeClient, own_server: OwnServer, on_unavailable: str
+async def assert_socket_refused(
+    client: Client, framework: str, sent: list[Message], path: str, token: str
 ) -> None:
-    client, _ = await make_client(on_unavailable=on_unavailable)
-    token = await login_as(client)
+    """The handshake is refused: aiohttp answers 503; on ASGI the middleware closes the
+    socket with 1013 (try again later) before any accept, which the server turns into a
+    refusal of the handshake."""
     with pytest.raises(WSServerHandshakeError) as refused:
-        await client.ws_connect("/write-then-outage?how=websocket", headers=sid(token))
-    assert refused.value.status == 503
+        await client.ws_connect(path, headers=sid(token))
+    if framework == "aiohttp":
+        assert refused.value.status == 503
+    else:
+        assert refused.value.status != 101
+        assert [message["type"] for message in sent] == ["websocket.close"], sent
+        assert sent[0]["code"] == 1013
+
+
+@pytest.mark.parametrize("on_unavailable", ["error", "anonymous"])
+async def test_a_websocket_whose_save_fails_is_refused(
+    make_client: MakeClient, own_server: OwnServer, framework: str, on_unavailable: str
+) -> None:
+    sent: list[Message] = []
+    client, _ = await make_client(sent=sent, on_unavailable=on_unavailable)
+    token = await login_as(client)
+    path = "/write-then-outage?how=websocket" if framework == "aiohttp" else "/socket-then-outage"
+    await assert_socket_refused(client, framework, sent, path, token)
+
+
+@CACHETIMES
+async def test_a_websocket_during_an_outage_is_refused_and_recovers(
+    make_client: MakeClient, own_server: OwnServer, framework: str, cachetime: float
+) -> None:
+    sent: list[Message] = []
+    client, store = await make_client(cachetime, sent=sent)
+    token = await login_as(client)
+    async with client.ws_connect("/socket", headers=sid(token)) as ws:
+        assert await ws.receive_str() == "alice"
+    sent.clear()
+    await stop(own_server, store)
+    await assert_socket_refused(client, framework, sent, "/socket", token)
+
+    await recover(own_server, client, token)
+    fresh = await login_as(client, "bob")
+    async with client.ws_connect("/socket", headers=sid(fresh)) as ws:
+        assert await ws.receive_str() == "bob"
 
 
 @pytest.mark.parametrize("how", ["return", "redirect"])

@@ -21,6 +21,10 @@ the model counts the characters that can end a pair, and predicts exactly below 
 
 Forged and malformed tokens must also cost nothing: `INFO commandstats` on the
 server shows that they send no command at all to Redis (invariant 6 of the design).
+
+Last, on aiohttp and on ASGI (Starlette on uvicorn) alike, the shared app of
+`tests/web_apps.py` with CSRF checks on takes any Cookie header, CSRF header, body,
+content type and method, through the client and as raw bytes, without a 5xx.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ from aiohttp_ext import get_session, setup_sessions
 from cached_sessions import RedisSessions
 from cached_sessions.web.cookie_header import MAX_COOKIE_PAIRS
 from tests.servers import ServerProcess
+from tests.web_apps import ALL_METHODS, MakeClient
+from tests.web_apps import Client as AppClient
+
+pytest_plugins = ("tests.web_apps",)  # the shared fixtures: framework, make_client
 
 APP = "fuzz"
 Client = TestClient[web.Request, web.Application]
@@ -755,3 +763,136 @@ async def test_malformed_tokens_cost_no_redis_call(
     values = data.draw(st.lists(malformed_tokens(), min_size=1, max_size=15))
     as_bearer = data.draw(st.lists(st.booleans(), min_size=len(values), max_size=len(values)))
     await assert_no_redis_call(unsigned_env, redis, values, as_bearer, uuid.uuid4().hex * 2)
+
+
+# 5. Both frameworks: any Cookie header, body, content type and method, no 5xx
+
+
+@dataclass
+class Guarded:
+    """A client of the shared app with csrf=True and signed cookies, and a live login."""
+
+    client: AppClient
+    sid: str  # alice's session cookie, as set
+    csrf_cookie: str  # the CSRF cookie that goes with it
+    csrf: str  # alice's CSRF token
+    statuses: set[int] = field(default_factory=set)
+
+
+@pytest.fixture
+async def guarded(make_client: MakeClient) -> AsyncIterator[Guarded]:
+    client = await make_client(csrf=True, secrets=[SECRET_NEW, SECRET_OLD])
+    form = await client.get("/form")
+    (csrf_cookie,) = [c["csrf"].value for c in set_cookies(form.headers) if "csrf" in c]
+    token = (await form.json())["csrf"]
+    login = await client.post(
+        "/login", headers={"Cookie": f"csrf={csrf_cookie}", "X-CSRF-Token": token}
+    )
+    assert login.status == 200, await login.text()
+    (sid,) = [c["sid"].value for c in set_cookies(login.headers) if "sid" in c]
+    me = await client.get("/me", headers={"Cookie": f"sid={sid}"})
+    assert (await me.json())["user"] == "alice"
+    form = await client.get("/form", headers={"Cookie": f"sid={sid}"})
+    guarded = Guarded(client, sid, csrf_cookie, (await form.json())["csrf"])
+    yield guarded
+    assert guarded.statuses >= {200, 403}, guarded.statuses  # both outcomes were met
+
+
+def guarded_cookies(app: Guarded) -> st.SearchStrategy[str]:
+    """Cookie headers: arbitrary text, or pairs built of the live values, near misses
+    of them and garbage."""
+    live = [f"sid={app.sid}", f"csrf={app.csrf_cookie}"]
+    value = st.one_of(
+        st.sampled_from([app.sid, app.csrf_cookie]),
+        st.sampled_from([app.sid, app.csrf_cookie]).flatmap(mangled),
+        value_text(),
+        long_values().map(lambda v: v[:3000]),
+    )
+    name = st.one_of(st.sampled_from(["sid", "csrf", "__Host-sid", "SID"]), cookie_names())
+    pair = st.one_of(st.sampled_from(live), st.builds(lambda n, v: f"{n}={v}", name, value))
+    pairs = st.lists(pair, max_size=12)
+    return st.one_of(
+        header_text(),
+        st.builds(lambda ps, sep: sep.join(ps), pairs, st.sampled_from([";", "; ", " ; "])),
+        st.builds(lambda text, ps: f"{text}; {'; '.join(ps)}", header_text(), pairs),
+    )
+
+
+def guarded_bodies(app: Guarded) -> st.SearchStrategy[bytes]:
+    boundary = b'--b\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n'
+    return st.one_of(
+        st.binary(max_size=300),
+        st.just(f"csrf_token={app.csrf}".encode()),
+        st.builds(lambda raw: b"csrf_token=" + raw, st.binary(max_size=60)),
+        st.builds(lambda raw: boundary + raw + b"\r\n--b--\r\n", st.binary(max_size=60)),
+        st.just(boundary + app.csrf.encode() + b"\r\n--b--\r\n"),
+    )
+
+
+GUARDED_TYPES = st.one_of(
+    st.sampled_from(
+        [
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=b",
+            "multipart/form-data",
+            "multipart/form-data; boundary=",
+            "application/json",
+            "text/plain",
+            "",
+        ]
+    ),
+    header_text().map(lambda text: text[:100]),
+)
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+async def test_no_cookie_header_body_content_type_or_method_gets_a_5xx(
+    guarded: Guarded, data: st.DataObject
+) -> None:
+    method = data.draw(st.sampled_from(ALL_METHODS), label="method")
+    headers = {"Cookie": data.draw(guarded_cookies(guarded), label="cookie")}
+    headers["Content-Type"] = data.draw(GUARDED_TYPES, label="content type")
+    token = data.draw(
+        st.one_of(st.none(), st.sampled_from([guarded.csrf, "", "x.y"]), header_text()),
+        label="csrf header",
+    )
+    if token is not None:
+        headers["X-CSRF-Token"] = token
+    body = data.draw(guarded_bodies(guarded), label="body")
+    response = await guarded.client.request(method, "/me", data=body, headers=headers)
+    text = await response.text()
+    assert response.status < 500, (method, headers, body, response.status, text)
+    if response.status == 200 and method not in ("GET", "HEAD", "OPTIONS", "TRACE"):
+        carried = token == guarded.csrf or guarded.csrf.encode() in body
+        assert carried, "passed the CSRF check without the token"
+    guarded.statuses.add(response.status)
+
+
+@FUZZ_SETTINGS
+@given(data=st.data())
+async def test_no_raw_cookie_bytes_get_a_5xx(guarded: Guarded, data: st.DataObject) -> None:
+    cookie = data.draw(field_bytes(), label="cookie")
+    if data.draw(st.booleans(), label="embed the live cookies"):
+        cookie += f"; sid={guarded.sid}; csrf={guarded.csrf_cookie}".encode()
+    method = data.draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"]), label="method")
+    body = data.draw(guarded_bodies(guarded), label="body")
+    lines = [
+        b"Cookie: " + cookie,
+        b"Content-Type: " + data.draw(field_bytes(), label="content type"),
+        b"Content-Length: " + str(len(body)).encode(),
+    ]
+    host, port = guarded.client.host, guarded.client.port
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        head = f"{method} /me HTTP/1.1\r\nHost: {host}\r\n".encode()
+        writer.write(head + b"".join(line + b"\r\n" for line in lines))
+        writer.write(b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer)]
+    assert statuses and max(statuses) < 500, (lines, body, answer[:300])
+    guarded.statuses.add(statuses[0])

@@ -10,14 +10,17 @@ Runs, against one Redis-compatible server (an embedded Valkey unless --url):
 5. the wipe of many expired sessions (wipe.py) and the cost curve from 1k to 1M
    sessions (cost_curve.py);
 6. a Redis Cluster of three primaries against one server of the same binary, both
-   started by the section itself (cluster.py; skipped when no cluster can start).
+   started by the section itself (cluster.py; skipped when no cluster can start);
+7. the HTTP rows again under uvicorn, 1 then 2 worker processes: bare Starlette,
+   starsessions' RedisStore, this project's ASGI middleware with the cache off and on
+   (asgi_load.py; skipped when uvicorn, Starlette or starsessions is missing).
 
 Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into benchmarks/results/ (the stem is
 `benchmarks`; `benchmarks-<sections>` with --only; `benchmarks-quick` with --quick or
 --scale), and for a full run the Markdown meant for README as `README-figures.md`; the
 cluster section has a chart of its own (`<stem>-cluster.png`, or `<stem>.png` alone).
 `--profile` adds a sampling profile of one worker per configuration (profiling.py). A
-missing aiohttp-session, wrk or matplotlib makes its part skipped or replaced, never
+missing aiohttp-session, starsessions, wrk or matplotlib makes its part skipped or replaced, never
 the run fail.
 """
 
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    asgi_load,
     chart,
     cluster,
     cost_curve,
@@ -50,7 +54,7 @@ from . import (
 from .common import Progress, Server, Sizes, bounded, busy_processes, machine
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve", "cluster")
+SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve", "cluster", "asgi")
 SECTION_LIMIT_FULL = 900.0  # seconds: a section that takes longer has hung
 SECTION_LIMIT_QUICK = 180.0
 SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -65,6 +69,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
         f"wipe: {r['wipe_total_s']} s, longest script call {r['longest_script_call_ms']} ms"
     ),
     "cluster": lambda r: cluster.summary(r),
+    "asgi": lambda r: asgi_load.summary(r),
 }
 
 
@@ -97,6 +102,7 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
         ("wipe", "wipe", lambda: wipe.measure(server, sizes, progress)),
         ("curve", "cost_curve", lambda: cost_curve.measure(server, sizes, progress)),
         ("cluster", "cluster", lambda: cluster.measure(sizes, progress)),
+        ("asgi", "asgi", lambda: asgi_load.measure(server, sizes, generator, progress)),
     ]  # fmt: skip
     try:
         for name, key, measure in sections:

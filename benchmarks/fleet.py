@@ -1,4 +1,5 @@
-"""A fleet of HTTP worker processes (benchmarks/worker.py) sharing one port.
+"""A fleet of HTTP worker processes (benchmarks/worker.py, or asgi_worker.py under
+uvicorn) sharing one port.
 
 Starts them together, waits until each one listens, asks them for their counters
 (SIGUSR1) and stops them (SIGTERM), collecting the counters each prints on the way out.
@@ -34,8 +35,10 @@ class Fleet:
         *,
         wrapper: list[str] | None = None,
         pyinstrument_to: str | None = None,
+        module: str = "worker",
     ) -> None:
         self.config = config
+        self.module = module  # the worker's module in benchmarks/: same protocol, any server
         self.count = workers
         self.url = url
         self.namespace = namespace
@@ -48,7 +51,7 @@ class Fleet:
 
     async def __aenter__(self) -> Fleet:
         for n in range(self.count):
-            command = python_command("worker", self.config, self.port, self.url, self.namespace)
+            command = python_command(self.module, self.config, self.port, self.url, self.namespace)
             if n == 0 and self.pyinstrument_to is not None:
                 command += ["--pyinstrument", self.pyinstrument_to]
             if n == 0:

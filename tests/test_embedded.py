@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,16 @@ async def test_store_uses_redis_url_from_the_environment(
     async with RedisSessions(wipe=0) as rs:
         assert rs._embedded is None
         assert await rs.ping() == "PONG"
+
+
+def test_stop_removes_the_servers_data_folder() -> None:
+    import redis as sync_redis
+
+    embedded = EmbeddedServer()
+    url = embedded.start()
+    client = sync_redis.Redis.from_url(url, decode_responses=True)
+    folder = Path(client.config_get("dir")["dir"])
+    client.close()
+    assert folder.is_dir()
+    embedded.stop()
+    assert not folder.exists()

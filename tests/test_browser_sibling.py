@@ -34,6 +34,7 @@ from tests.servers import ServerProcess
 from tests.test_demo_browser import CHROMEDRIVER, CHROMIUM, webdriver
 
 if webdriver is not None:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common import selenium_manager
     from selenium.webdriver.common.by import By
@@ -266,34 +267,42 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             driver.quit()
 
 
+def wait(driver: Any) -> Any:
+    """A wait that looks again when the page changed under an element it held: a form
+    that submits itself replaces the page between finding an element and reading it."""
+    return WebDriverWait(
+        driver, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+    )
+
+
+def shown_text(driver: Any) -> str:
+    return str(wait(driver).until(lambda d: d.find_element(By.TAG_NAME, "body").text))
+
+
 def visit(driver: Any, url: str) -> str:
     """Load `url` and return the text shown."""
     driver.get(url)
-    WebDriverWait(driver, 15).until(
-        lambda d: d.execute_script("return document.readyState") == "complete"
-    )
-    return str(driver.find_element(By.TAG_NAME, "body").text)
+    wait(driver).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    return shown_text(driver)
 
 
 def fall_for(driver: Any, sites: Sites) -> str:
     """Open the attacker's page, which submits its form elsewhere: the text shown there."""
     driver.get(sites.url("evil"))
-    WebDriverWait(driver, 15).until(
+    wait(driver).until(
         lambda d: (
             not d.current_url.startswith(sites.url("evil"))
             and d.execute_script("return document.readyState") == "complete"
         )
     )
-    return str(driver.find_element(By.TAG_NAME, "body").text)
+    return shown_text(driver)
 
 
 def log_in_through_the_form(driver: Any, sites: Sites, host: str, user: str) -> None:
     driver.get(sites.url(host))
     driver.find_element(By.ID, "user").send_keys(user)
     driver.find_element(By.ID, "login").click()
-    WebDriverWait(driver, 15).until(
-        lambda d: d.find_element(By.ID, "who").text == f"Logged in as {user}."
-    )
+    wait(driver).until(lambda d: d.find_element(By.ID, "who").text == f"Logged in as {user}.")
 
 
 def attackers_form(sites: Sites, host: str) -> tuple[dict[str, str], str]:

@@ -149,18 +149,11 @@ def routes_for(client: Redis | RedisCluster, layout: Layout) -> RouteSource:
     if isinstance(client, RedisCluster):
         if not isinstance(layout, ClusterLayout):
             raise TypeError("a RedisCluster client needs the cluster layout")
-        return partial_routes(_cluster_routes, client, layout)
+        return partial(_cluster_routes, client, layout)
     pool = client.connection_pool
     if isinstance(pool, SentinelConnectionPool):
-        return partial_routes(_sentinel_routes, pool, layout.channel())
-    return partial_routes(_standalone_routes, pool, layout.channel())
-
-
-def partial_routes(make: Callable[..., Awaitable[list[Route]]], *args: Any) -> RouteSource:
-    async def routes() -> list[Route]:
-        return await make(*args)
-
-    return routes
+        return partial(_sentinel_routes, pool, layout.channel())
+    return partial(_standalone_routes, pool, layout.channel())
 
 
 async def _standalone_routes(pool: ConnectionPool, channel: str) -> list[Route]:

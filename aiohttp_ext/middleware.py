@@ -21,6 +21,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.typedefs import Middleware
 
 from cached_sessions import RedisSessions
+from cached_sessions.errors import UsageError
 from cached_sessions.web import csrf
 from cached_sessions.web.commit import commit, deliver_events
 from cached_sessions.web.errors import (
@@ -88,7 +89,7 @@ async def get_session(request: web.Request) -> Session:
     """The request's session, loaded from Redis on the first call."""
     state = request.get(STATE_KEY)
     if state is None:
-        raise RuntimeError("no session middleware: call setup_sessions(app, store, ...) first")
+        raise UsageError("no session middleware: call setup_sessions(app, store, ...) first")
     session: Session | None = state.session
     if session is None:
         session = await _load(state, request)

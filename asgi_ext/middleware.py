@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cached_sessions import RedisSessions
+from cached_sessions.errors import UsageError
 from cached_sessions.web import csrf
 from cached_sessions.web.commit import commit, deliver_events
 from cached_sessions.web.errors import (
@@ -76,7 +77,7 @@ async def get_session(request: HTTPConnection) -> Session:
     dependency as is: `session: Session = Depends(get_session)`)."""
     state: RequestState | None = request.scope.get(STATE)
     if state is None:
-        raise RuntimeError("no session middleware: add SessionMiddleware(app, store, ...)")
+        raise UsageError("no session middleware: add SessionMiddleware(app, store, ...)")
     session = state.session
     if session is None:
         session = await _load(state, request)
@@ -87,7 +88,7 @@ def get_store(request: HTTPConnection) -> RedisSessions:
     """The app's store, to manage other users' sessions."""
     state: RequestState | None = request.scope.get(STATE)
     if state is None:
-        raise RuntimeError("no session middleware: add SessionMiddleware(app, store, ...)")
+        raise UsageError("no session middleware: add SessionMiddleware(app, store, ...)")
     return state.options.store
 
 

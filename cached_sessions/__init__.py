@@ -5,6 +5,7 @@ The store speaks the data model of the Node library redis-sessions 4.x.
 
 from .embedded import EmbeddedServer
 from .errors import (
+    ConfigurationError,
     IncompleteKillError,
     InvalidFormatError,
     InvalidInputError,
@@ -14,12 +15,14 @@ from .errors import (
     SessionsClosedError,
     SessionsError,
     StoredDataError,
+    UsageError,
 )
 from .keys import ClusterLayout, KeyLayout
 from .store import RedisSessions, SessionDict
 
 __all__ = [
     "ClusterLayout",
+    "ConfigurationError",
     "EmbeddedServer",
     "IncompleteKillError",
     "InvalidFormatError",
@@ -33,4 +36,5 @@ __all__ = [
     "SessionsClosedError",
     "SessionsError",
     "StoredDataError",
+    "UsageError",
 ]

@@ -22,6 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from .errors import ConfigurationError
+
 __all__ = ["connect", "is_cluster_url", "redacted_url"]
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
@@ -48,6 +50,20 @@ def redacted_url(url: str) -> str:
 
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that no client can be made from, when the store is created rather
+    than at its first call. Building a client connects nowhere."""
+    try:
+        if urlsplit(url).scheme in CLUSTER_SCHEMES:
+            ConnectionPool.from_url(url.replace("+cluster", "", 1))
+        else:
+            connect(url, connect_timeout=1.0)
+    except ConfigurationError:
+        raise
+    except ValueError as error:
+        raise ConfigurationError(f"bad Redis URL {redacted_url(url)}: {error}") from None
 
 
 def connect(url: str, *, connect_timeout: float) -> Redis | RedisCluster:
@@ -81,7 +97,7 @@ def _host_port(text: str) -> tuple[str, int | None]:
     else:
         host, _, port = text.partition(":")
     if port and (not port.isdigit() or not 0 < int(port) < 65536):
-        raise ValueError(f"bad port in {text!r}")
+        raise ConfigurationError(f"bad port in {text!r}")
     return host, int(port) if port else None
 
 
@@ -91,10 +107,10 @@ def _sentinel_primary(url: str, options: dict[str, Any]) -> Redis:
     username, _, password = userinfo.partition(":")
     addresses = [_host_port(item) for item in hosts.split(",") if item]
     if not addresses:
-        raise ValueError("a redis+sentinel:// URL needs at least one sentinel host:port")
+        raise ConfigurationError("a redis+sentinel:// URL needs at least one sentinel host:port")
     path = [part for part in parts.path.split("/") if part]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError("a redis+sentinel:// URL ends in /<service name>[/<db>]")
+        raise ConfigurationError("a redis+sentinel:// URL ends in /<service name>[/<db>]")
     query = parse_qs(parts.query)
     # redis-py asks the sentinels in turn and moves on only when one fails: a sentinel
     # that accepts connections but never answers (a paused process, a full host) would

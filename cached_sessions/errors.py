@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
+    "ConfigurationError",
     "IncompleteKillError",
     "InvalidFormatError",
     "InvalidInputError",
@@ -23,6 +24,7 @@ __all__ = [
     "SessionsClosedError",
     "SessionsError",
     "StoredDataError",
+    "UsageError",
 ]
 
 
@@ -37,6 +39,23 @@ class SessionsError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ConfigurationError(SessionsError, ValueError):
+    """An option given to the store, the middleware or a URL cannot work.
+
+    Raised where the option is given (construction, setup), so a mistake stops the
+    app before it serves a request rather than on the first one.
+    """
+
+    name = "configuration"
+
+
+class UsageError(SessionsError, RuntimeError):
+    """A call made at the wrong time: before the store started, after a setting was
+    frozen, or on a request that no session middleware saw."""
+
+    name = "usage"
 
 
 class InvalidInputError(SessionsError, ValueError):

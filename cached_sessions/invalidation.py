@@ -48,6 +48,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry
 
 from .cache import SessionCache
+from .errors import ConfigurationError
 from .keys import ClusterLayout, Layout
 
 __all__ = ["Route", "Subscriber", "routes_for"]
@@ -148,7 +149,7 @@ def routes_for(client: Redis | RedisCluster, layout: Layout) -> RouteSource:
     """Where this deployment's invalidations are heard (see the module docstring)."""
     if isinstance(client, RedisCluster):
         if not isinstance(layout, ClusterLayout):
-            raise TypeError("a RedisCluster client needs the cluster layout")
+            raise ConfigurationError("a RedisCluster client needs the cluster layout")
         return partial(_cluster_routes, client, layout)
     pool = client.connection_pool
     if isinstance(pool, SentinelConnectionPool):

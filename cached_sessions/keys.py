@@ -27,6 +27,7 @@ from typing import ClassVar, Final
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from .errors import ConfigurationError
 from .tokens import ALPHABET, new_token
 
 __all__ = ["DEFAULT_BUCKETS", "ClusterLayout", "KeyLayout", "Layout"]
@@ -52,9 +53,18 @@ TEMPLATE_ORDER: Final = (
 )
 
 
+def check_buckets(buckets: object) -> None:
+    """Checked on every store, not only a cluster's: a bad number is a mistake the
+    day the same settings meet a cluster."""
+    if not isinstance(buckets, int) or isinstance(buckets, bool):
+        raise ConfigurationError("buckets must be an integer")
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise ConfigurationError(f"buckets must be from 1 to {MAX_BUCKETS}, got {buckets}")
+
+
 def _check_namespace(namespace: object) -> None:
     if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
-        raise ValueError(
+        raise ConfigurationError(
             f"namespace must be 1 to 64 characters of [A-Za-z0-9_.-], got {namespace!r}"
         )
 
@@ -152,10 +162,7 @@ class ClusterLayout:
     def __post_init__(self) -> None:
         _check_namespace(self.namespace)
         buckets = self.buckets
-        if not isinstance(buckets, int) or isinstance(buckets, bool):
-            raise ValueError("buckets must be an integer")
-        if not 1 <= buckets <= MAX_BUCKETS:
-            raise ValueError(f"buckets must be from 1 to {MAX_BUCKETS}, got {buckets}")
+        check_buckets(buckets)
         object.__setattr__(self, "_tags", tuple(_spread_tag(b, buckets) for b in range(buckets)))
 
     def tag(self, bucket: int) -> str:

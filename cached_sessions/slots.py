@@ -20,6 +20,8 @@ from typing import ParamSpec, TypeVar
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .errors import ConfigurationError
+
 __all__ = ["ConnectionSlots"]
 
 P = ParamSpec("P")
@@ -33,7 +35,7 @@ class ConnectionSlots:
 
     def __init__(self, size: int, timeout: float) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ValueError("max_connections must be a positive integer")
+            raise ConfigurationError("max_connections must be a positive integer")
         self.size = size
         self.timeout = timeout
         self._semaphore = asyncio.Semaphore(size)

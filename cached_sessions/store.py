@@ -23,17 +23,19 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import RedisError, ResponseError
 
 from .cache import SessionCache
-from .connect import connect, is_cluster_url, redacted_url
+from .connect import check_url, connect, is_cluster_url, redacted_url
 from .embedded import EmbeddedServer
 from .errors import (
+    ConfigurationError,
     IncompleteKillError,
     InvalidValueError,
     MissingParameterError,
     SessionsClosedError,
     StoredDataError,
+    UsageError,
 )
 from .invalidation import Subscriber, raise_if_cancelling, routes_for
-from .keys import DEFAULT_BUCKETS, ClusterLayout, KeyLayout, Layout
+from .keys import DEFAULT_BUCKETS, ClusterLayout, KeyLayout, Layout, check_buckets
 from .model import EXPIRED, FOUND, MISSING, Fetched, SessionDict, session_from_reply
 from .scripts import Client, Durability, Scripts
 from .slots import ConnectionSlots
@@ -76,7 +78,7 @@ CLOSE_TASK_TIMEOUT = 5.0
 def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
-        raise ValueError(
+        raise ConfigurationError(
             f"{name} must be a {'non-negative' if allow_zero else 'positive'} number of seconds"
         )
     return float(value)  # type: ignore[arg-type]
@@ -84,12 +86,12 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
 
 def _durability(replicas: object, wait: object, redis_timeout: float) -> Durability | None:
     if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-        raise ValueError("durable_kills must be 0 (off) or a number of replicas")
+        raise ConfigurationError("durable_kills must be 0 (off) or a number of replicas")
     seconds = _seconds("durable_wait", wait)
     if not replicas:
         return None
     if seconds >= redis_timeout:
-        raise ValueError("durable_wait must be shorter than redis_timeout")
+        raise ConfigurationError("durable_wait must be shorter than redis_timeout")
     return Durability(replicas, seconds)
 
 
@@ -164,22 +166,25 @@ class RedisSessions:
         durable_wait: float = 1.0,
     ) -> None:
         if redis is not None and url is not None:
-            raise ValueError("pass either redis= or url=, not both")
+            raise ConfigurationError("pass either redis= or url=, not both")
         if not isinstance(wipe, int) or isinstance(wipe, bool) or wipe < 0:
-            raise ValueError("wipe must be 0 (off) or a number of seconds")
+            raise ConfigurationError("wipe must be 0 (off) or a number of seconds")
         cachetime = _seconds("cachetime", cachetime, allow_zero=True)
         touch_interval = _seconds("touch_interval", touch_interval)
         self._ping_interval = _seconds("ping_interval", ping_interval)
         if touch_interval > MIN_TTL / 2:
-            raise ValueError(
+            raise ConfigurationError(
                 f"touch_interval must be at most {MIN_TTL / 2} s (half the shortest ttl)"
             )
         if not isinstance(cachemax, int) or isinstance(cachemax, bool) or cachemax < 1:
-            raise ValueError("cachemax must be a positive integer")
+            raise ConfigurationError("cachemax must be a positive integer")
         if not isinstance(batch, int) or batch < 1:
-            raise ValueError("batch must be a positive integer")
+            raise ConfigurationError("batch must be a positive integer")
         self._given = redis
         self._url = url if url is not None else os.environ.get("REDIS_URL") or None
+        if self._url is not None:
+            check_url(self._url)
+        check_buckets(buckets)
         on_cluster = isinstance(redis, RedisCluster) or (
             self._url is not None and is_cluster_url(self._url)
         )
@@ -229,7 +234,7 @@ class RedisSessions:
     def redis(self) -> Client:
         """The client in use; for tests and tools that need to look at Redis directly."""
         if self._redis is None:
-            raise RuntimeError("not started: call `await start()` or use `async with`")
+            raise UsageError("not started: call `await start()` or use `async with`")
         return self._redis
 
     # Lifecycle
@@ -343,12 +348,12 @@ class RedisSessions:
         must index the same fields.
         """
         if isinstance(fields, str):
-            raise ValueError("references must be a list of data keys, not one string")
+            raise ConfigurationError("references must be a list of data keys, not one string")
         for field in fields:
             validate_data_item(field, "")
         wanted = tuple(dict.fromkeys((*self._references, *fields)))
         if wanted != self._references and self._scripts is not None:
-            raise RuntimeError("references must be set before the store starts")
+            raise UsageError("references must be set before the store starts")
         self._references = wanted
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -763,7 +768,7 @@ class RedisSessions:
         if interval is not None and (
             not isinstance(interval, int) or isinstance(interval, bool) or interval < 1
         ):
-            raise ValueError("interval must be a positive number of seconds (an int)")
+            raise ConfigurationError("interval must be a positive number of seconds (an int)")
         await self._ready()
         seconds = interval or self._wipe_interval or MIN_WIPE_INTERVAL
         key = self._layout.wipe_lock()

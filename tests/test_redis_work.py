@@ -32,6 +32,7 @@ REFERENCES = ("org_id", "team")
 SESSIONS = 150
 REWRITTEN = 20
 SLOW_US = 10_000  # the longest a script call may hold Redis
+ATTEMPTS = 5  # runs of an operation before its slow calls count
 T = TypeVar("T")
 
 
@@ -98,13 +99,18 @@ async def slowlog(redis: Redis) -> AsyncIterator[SlowLog]:
 
 
 async def slow_calls(attempt: Callable[[], Awaitable[list[str]]]) -> list[str]:
-    """The slow script calls of `attempt`, which is run again if it had any.
+    """The slow script calls of `attempt`, which is run again while it has any.
 
     SLOWLOG measures wall time, and a busy machine can stall the server in the middle
-    of a short call; a call that is slow by itself is slow both times.
+    of a short call (seen: 18 ms for a 1.5 ms call while two test suites shared two
+    cores); a call that is slow by itself is slow every time.
     """
     slow = await attempt()
-    return await attempt() if slow else slow
+    for _ in range(ATTEMPTS - 1):
+        if not slow:
+            break
+        slow = await attempt()
+    return slow
 
 
 async def new_sessions(

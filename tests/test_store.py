@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from cached_sessions import InvalidValueError, RedisSessions, SessionsClosedError, StoredDataError
+from cached_sessions import (
+    ConfigurationError,
+    InvalidValueError,
+    RedisSessions,
+    SessionsClosedError,
+    StoredDataError,
+)
 from cached_sessions import keys as keys_module
 from cached_sessions.model import MAX_DATA_DEPTH, nesting_depth
 from tests.conftest import Deployment, ManualClock
@@ -610,13 +616,27 @@ async def test_works_with_a_client_that_returns_bytes(
         "rediss://db.internal:6380/2?password=s3cret-pw&ssl_cert_reqs=none",
         "redis://app@db.internal:6380/2?username=app&password=s3cret-pw",
         "unix:///run/redis.sock?db=2&password=s3cret-pw",
-        "redis://app:s3cret-pw@db.internal:bad-port/2",
     ],
 )
 def test_repr_never_shows_the_password(url: str) -> None:
     rs = RedisSessions(url=url, wipe=0)
     assert "s3cret-pw" not in repr(rs)
-    assert "db.internal" in repr(rs) or "unparsable" in repr(rs) or "redis.sock" in repr(rs)
+    assert "db.internal" in repr(rs) or "redis.sock" in repr(rs)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://app:s3cret-pw@db.internal:bad-port/2",
+        "http://app:s3cret-pw@db.internal:6379/2",
+        "redis+sentinel://app:s3cret-pw@db.internal:26379",
+        "redis+cluster://app:s3cret-pw@db.internal:port/0",
+    ],
+)
+def test_a_bad_url_is_refused_when_the_store_is_made_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"bad Redis URL|sentinel") as refused:
+        RedisSessions(url=url, wipe=0)
+    assert "s3cret-pw" not in str(refused.value)
 
 
 def test_tokens_come_from_the_os_not_from_random() -> None:

@@ -19,6 +19,7 @@ from http.cookies import Morsel
 from typing import NamedTuple
 
 from cached_sessions import InvalidInputError
+from cached_sessions.errors import ConfigurationError
 from cached_sessions.validation import validate_token
 
 from .cookie_header import COOKIE_NAME
@@ -66,16 +67,16 @@ def check_cookie_name(what: str, name: object, secure: bool, domain: str | None,
     would then seem to log nobody in. Prefixes are matched ignoring case, as browsers do.
     """
     if not is_cookie_name(name):
-        raise ValueError(f"{what} must be a cookie name (letters, digits, !#$%&'*+-.^_`|~)")
+        raise ConfigurationError(f"{what} must be a cookie name (letters, digits, !#$%&'*+-.^_`|~)")
     assert isinstance(name, str)
     lowered = name.lower()
     if lowered.startswith(("__host-", "__secure-")) and not secure:
-        raise ValueError(
+        raise ConfigurationError(
             f"{what}={name!r} needs secure=True: browsers keep a {name.split('-')[0]}- "
             "cookie only when it is Secure (set over HTTPS); drop the prefix for plain HTTP"
         )
     if lowered.startswith("__host-") and (domain is not None or path != "/"):
-        raise ValueError(
+        raise ConfigurationError(
             f"{what}={name!r} needs domain=None and path='/' (got domain={domain!r}, "
             f"path={path!r}): browsers keep a __Host- cookie only for its own host and "
             "the whole site; use a __Secure- name for a domain-wide or narrower cookie"

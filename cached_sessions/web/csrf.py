@@ -22,6 +22,8 @@ import re
 import secrets
 from collections.abc import Iterable
 
+from cached_sessions.errors import ConfigurationError
+
 from .signing import mac
 
 __all__ = [
@@ -113,12 +115,12 @@ def _origin(text: str) -> Origin | None:
 def trusted_origins(origins: Iterable[object]) -> frozenset[Origin]:
     """The origins an app trusts, checked: a ValueError names the first that is not one."""
     if isinstance(origins, str | bytes):
-        raise ValueError("trusted_origins must be a list of origins, not one string")
+        raise ConfigurationError("trusted_origins must be a list of origins, not one string")
     checked = set()
     for text in origins:
         origin = _origin(text) if isinstance(text, str) else None
         if origin is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"trusted_origins: {text!r} is not an origin; write scheme://host or "
                 "scheme://host:port as browsers send it in the Origin header (no path, "
                 "no trailing slash, no wildcard), e.g. 'https://app.example.com'"

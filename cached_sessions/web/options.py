@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from cached_sessions import RedisSessions
+from cached_sessions.errors import ConfigurationError
 from cached_sessions.validation import validate_app, validate_ttl
 
 from .cookies import CookiePolicy, check_cookie_name, default_cookie_names
@@ -75,7 +76,7 @@ def _cookie_names(
     check_cookie_name("cookie_name", session, secure, domain, path)
     check_cookie_name("csrf_cookie_name", anti_forgery, secure, domain, path)
     if session == anti_forgery:
-        raise ValueError(
+        raise ConfigurationError(
             f"cookie_name and csrf_cookie_name are both {session!r}: give them different "
             "names (each would overwrite the other)"
         )
@@ -86,23 +87,25 @@ def _check_cookie_attributes(
     samesite: str | None, secure: bool, path: str, domain: str | None
 ) -> None:
     if samesite not in ("Strict", "Lax", "None", None):
-        raise ValueError('samesite must be "Strict", "Lax", "None" or None')
+        raise ConfigurationError('samesite must be "Strict", "Lax", "None" or None')
     if samesite == "None" and not secure:
-        raise ValueError('samesite="None" needs secure=True: browsers refuse it otherwise')
+        raise ConfigurationError('samesite="None" needs secure=True: browsers refuse it otherwise')
     for what, attribute in (("path", path), ("domain", domain)):
         if attribute is not None and (";" in attribute or not attribute.isprintable()):
-            raise ValueError(f"{what} must not hold ';' or control characters: {attribute!r}")
+            raise ConfigurationError(
+                f"{what} must not hold ';' or control characters: {attribute!r}"
+            )
 
 
 def _check_lifetimes(max_age: object, renew: bool, ttl: object, unavailable_wait: float) -> None:
     if max_age is not None and (not is_int(max_age) or max_age < 0):  # type: ignore[operator]
-        raise ValueError("max_age must be None (a browser-session cookie) or seconds >= 0")
+        raise ConfigurationError("max_age must be None (a browser-session cookie) or seconds >= 0")
     if renew and max_age is None:
-        raise ValueError("renew=True needs max_age: a browser-session cookie has no age")
+        raise ConfigurationError("renew=True needs max_age: a browser-session cookie has no age")
     if not callable(ttl):
         validate_ttl(ttl)
     if unavailable_wait < 0:
-        raise ValueError("unavailable_wait must be seconds >= 0")
+        raise ConfigurationError("unavailable_wait must be seconds >= 0")
 
 
 def make_options(
@@ -136,16 +139,18 @@ def make_options(
     if isinstance(app_name, str):
         validate_app(app_name)
     elif not callable(app_name):
-        raise TypeError("app_name must be an app name or a callable of the request")
+        raise ConfigurationError("app_name must be an app name or a callable of the request")
     if on_unavailable not in ("error", "anonymous") and not callable(on_unavailable):
-        raise ValueError('on_unavailable must be "error", "anonymous" or a callable')
+        raise ConfigurationError('on_unavailable must be "error", "anonymous" or a callable')
     _check_cookie_attributes(samesite, secure, path, domain)
     domain = domain or None  # "" sets no Domain attribute either
     cookie_name, csrf_cookie_name = _cookie_names(
         cookie_name, csrf_cookie_name, secure=secure, domain=domain, path=path
     )
     if trusted_origins and not csrf:
-        raise ValueError("trusted_origins is used only with csrf=True: turn csrf on or drop it")
+        raise ConfigurationError(
+            "trusted_origins is used only with csrf=True: turn csrf on or drop it"
+        )
     origins = checked_origins(trusted_origins)
     _check_lifetimes(max_age, renew, ttl, unavailable_wait)
     store.index_references(references)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cached_sessions import SessionDict
+from cached_sessions.errors import ConfigurationError
 from cached_sessions.validation import dump_value, validate_data_item
 
 from . import csrf
@@ -89,7 +90,7 @@ class Session(MutableMapping[str, Any]):
     @save_policy.setter
     def save_policy(self, policy: SavePolicy) -> None:
         if policy not in SAVE_POLICIES:
-            raise ValueError(f"save_policy must be one of {', '.join(SAVE_POLICIES)}")
+            raise ConfigurationError(f"save_policy must be one of {', '.join(SAVE_POLICIES)}")
         self._save_policy = policy
 
     def wants_save(self) -> bool:

@@ -16,6 +16,8 @@ from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 
+from cached_sessions.errors import ConfigurationError
+
 __all__ = ["TokenSigner", "mac"]
 
 MIN_SECRET_BYTES = 32
@@ -55,13 +57,13 @@ def _weakness(key: bytes) -> str | None:
 def _key(secret: str | bytes, number: int) -> bytes:
     key = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
     if len(key) < MIN_SECRET_BYTES:
-        raise ValueError(
+        raise ConfigurationError(
             f"each secret must be at least {MIN_SECRET_BYTES} bytes long (secret "
             f"#{number}); make one with {HOW_TO_MAKE_ONE}"
         )
     weakness = _weakness(key)
     if weakness is not None:
-        raise ValueError(
+        raise ConfigurationError(
             f"secret #{number} is guessable ({weakness}); use a random one, such as "
             f"the output of {HOW_TO_MAKE_ONE}"
         )
@@ -75,7 +77,9 @@ class TokenSigner:
 
     def __init__(self, secrets: Sequence[str | bytes]) -> None:
         if isinstance(secrets, str | bytes) or not secrets:
-            raise ValueError("secrets must be a non-empty list of keys (the first one signs)")
+            raise ConfigurationError(
+                "secrets must be a non-empty list of keys (the first one signs)"
+            )
         self._keys = tuple(_key(secret, n) for n, secret in enumerate(secrets, 1))
 
     def __repr__(self) -> str:

@@ -33,6 +33,7 @@ from cached_sessions.web.exchange import Exchange
 from cached_sessions.web.load import load_session, maybe_await
 from cached_sessions.web.options import SessionOptions, make_options
 from cached_sessions.web.session import Session
+from cached_sessions.web.startup import logged_at_start, start_store
 
 from .events import SessionEvents
 
@@ -146,6 +147,7 @@ class SessionMiddleware:
         before_save: BeforeSaveHook | None = None,
         references: Sequence[str] = (),
         events: SessionEvents | None = None,
+        fail_fast: bool = False,
     ) -> None:
         self.app = app
         self.events = events if events is not None else SessionEvents()
@@ -173,6 +175,7 @@ class SessionMiddleware:
             valid=valid,
             before_save=before_save,
             references=references,
+            fail_fast=fail_fast,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -185,12 +188,22 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The store starts before the app's own start-up and closes after its
+        shutdown. A fail-fast refusal answers `lifespan.startup.failed` before the app
+        starts at all, and the server reports its one line and exits."""
         store = self.options.store
+        first: Message | None = await receive()  # handed to the app in its turn
+        if first is not None and first["type"] == "lifespan.startup":
+            failure = await start_store(store, fail_fast=self.options.fail_fast)
+            if failure is not None:
+                await send({"type": "lifespan.startup.failed", "message": failure})
+                return
 
         async def starting() -> Message:
-            message: Message = await receive()
-            if message["type"] == "lifespan.startup":
-                await store.start()
+            nonlocal first
+            if first is None:
+                return await receive()
+            message, first = first, None
             return message
 
         async def closing(message: Message) -> None:
@@ -272,7 +285,8 @@ class _Request:
             response = await maybe_await(handler(HTTPConnection(self.scope), error))
             assert isinstance(response, Response), "on_unavailable must return a response"
         else:
-            log.warning("session store unavailable: %s", error)
+            if not logged_at_start(error):
+                log.warning("session store unavailable: %s", error)
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
             response = PlainTextResponse(UNAVAILABLE_MESSAGE, 503, headers=headers)
         await response(self.scope, self.receive, self.send)

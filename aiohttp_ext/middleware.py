@@ -32,6 +32,7 @@ from cached_sessions.web.errors import (
 from cached_sessions.web.exchange import Exchange
 from cached_sessions.web.load import load_session, maybe_await
 from cached_sessions.web.options import SessionOptions, make_options
+from cached_sessions.web.secure_trap import warn_if_dropped
 from cached_sessions.web.session import Session
 from cached_sessions.web.startup import logged_at_start, start_store
 
@@ -127,6 +128,8 @@ async def _commit(state: RequestState, request: web.Request, response: web.Strea
         return
     for header in await commit(state.options, request, exchange, session):
         response.headers.add(hdrs.SET_COOKIE, header)
+    if exchange.sets_cookie():
+        warn_if_dropped(state.options.cookie.secure, request.scheme, request.host)
 
 
 async def _unavailable(request: web.Request, error: Exception) -> web.StreamResponse:

@@ -32,6 +32,7 @@ from cached_sessions.web.errors import (
 from cached_sessions.web.exchange import Exchange
 from cached_sessions.web.load import load_session, maybe_await
 from cached_sessions.web.options import SessionOptions, make_options
+from cached_sessions.web.secure_trap import warn_if_dropped
 from cached_sessions.web.session import Session
 from cached_sessions.web.startup import logged_at_start, start_store
 
@@ -271,9 +272,14 @@ class _Request:
         await self.send(message)
 
     async def _commit(self) -> list[str]:
-        state = self.state
+        state, scope = self.state, self.scope
         assert state.session is not None and state.exchange is not None
-        return await commit(self.options, HTTPConnection(self.scope), state.exchange, state.session)
+        connection = HTTPConnection(scope)
+        cookies = await commit(self.options, connection, state.exchange, state.session)
+        if state.exchange.sets_cookie():
+            host = connection.headers.get("host", "")
+            warn_if_dropped(self.options.cookie.secure, scope.get("scheme", "http"), host)
+        return cookies
 
     async def _unavailable(self, error: Exception) -> None:
         self.replaced = self.state.committed = True

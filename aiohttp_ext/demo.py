@@ -3,24 +3,36 @@
 Each worker is its own process with its own session cache, all sharing one Redis and
 one port (SO_REUSEPORT lets the kernel spread connections over them). The page says
 which worker answered, who is logged in, a counter kept in the session and this
-user's sessions; logging out everywhere in one worker logs the user out in all of
-them at once. `/metrics` serves this worker's cache counters for Prometheus.
+user's sessions, this one marked; logging out everywhere in one worker logs the user
+out in all of them at once. `/metrics` serves this worker's cache counters for
+Prometheus. It shows the safe way: CSRF protection on, a token in every form.
+
+SO_REUSEPORT would also let a second demo join the first on its port, the two then
+splitting the requests between two Redis servers: the launcher refuses a port that
+already answers, and a Redis it cannot reach, each with one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import html
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
+import socket
 import sys
 import threading
 
 from aiohttp import web
 
-from cached_sessions import EmbeddedServer, InvalidInputError, RedisSessions
+from cached_sessions import EmbeddedServer, InvalidInputError, RedisSessions, SessionDict
+from cached_sessions.connect import redacted_url
+from cached_sessions.store import UNREACHABLE
+from cached_sessions.validation import MAX_ID_LENGTH
+from cached_sessions.web import Session
 
 from . import get_session, get_store, setup_sessions
 
@@ -52,29 +64,74 @@ def _page(request: web.Request, body: str, status: int = 200) -> web.Response:
     return web.Response(text=text, content_type="text/html", status=status)
 
 
-def _login_form(error: str = "") -> str:
+async def token_field(session: Session) -> str:
+    """The hidden field that carries this session's CSRF token in a form."""
+    token = html.escape(await session.csrf_token())
+    return f'<input type="hidden" name="csrf_token" value="{token}">'
+
+
+async def login_form(session: Session, error: str = "") -> str:
     message = f'<p class="error" id="error">{html.escape(error)}</p>' if error else ""
     return f"""<p id="who">Not logged in.</p>{message}
-<form method="post" action="/login"><label>Name <input name="user" id="user" required></label>
+<form method="post" action="/login">{await token_field(session)}<label>Name
+<input name="user" id="user" required maxlength="{MAX_ID_LENGTH}"></label>
 <button id="login">Log in</button></form>"""
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with a name, in the words of the form; None if it can be used."""
+    if not name:
+        return "Please enter a name."
+    if len(name) > MAX_ID_LENGTH:
+        return f"Name is {len(name)} characters long; it can be at most {MAX_ID_LENGTH}."
+    if not name.isprintable():
+        return "Name cannot contain control characters (tabs, line breaks)."
+    return None
+
+
+def sessions_table(session: Session, sessions: list[SessionDict]) -> str:
+    """The user's sessions, the one of this browser marked (its data says which)."""
+    mine = session.get("device")
+    rows = []
+    for item in sessions:
+        data = item.get("d")
+        this = isinstance(data, dict) and mine is not None and data.get("device") == mine
+        label = '<strong class="current">this browser</strong>' if this else ""
+        row_id = ' id="current-session"' if this else ""
+        rows.append(
+            f"<tr{row_id}><td>{label}</td><td>{html.escape(str(item['ip']))}</td>"
+            f"<td>{item['r']}</td><td>{item['idle']} s</td></tr>"
+        )
+    header = "<tr><th></th><th>ip</th><th>reads</th><th>idle</th></tr>"
+    return f'<table id="sessions">{header}{"".join(rows)}</table>'
+
+
+async def log_in(session: Session, name: str) -> str | None:
+    """Log in as `name`; None, or what is wrong with the name in the form's words."""
+    problem = name_problem(name)
+    if problem is not None:
+        return problem
+    try:
+        await session.upgrade(name)
+    except InvalidInputError:  # a rule of the store that name_problem does not know
+        return "That name cannot be used; please choose another."
+    session["device"] = secrets.token_hex(8)  # tells this browser's row in "Your sessions"
+    return None
 
 
 async def index(request: web.Request) -> web.Response:
     session = await get_session(request)
     if session.user_id is None:
-        return _page(request, _login_form())
+        return _page(request, await login_form(session))
     session["visits"] = int(session.get("visits", 0)) + 1
-    rows = "".join(
-        f"<tr><td>{html.escape(s['ip'])}</td><td>{s['r']}</td><td>{s['idle']} s</td></tr>"
-        for s in await session.soid()
-    )
+    token = await token_field(session)
     name = html.escape(session.user_id)
     body = f"""<p id="who">Logged in as <strong id="user-id">{name}</strong>.
 This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
 <h2>Your sessions</h2>
-<table id="sessions"><tr><th>ip</th><th>reads</th><th>idle</th></tr>{rows}</table>
-<form method="post" action="/logout"><button id="logout">Log out</button></form>
-<form method="post" action="/logout-everywhere"><button id="logout-everywhere">
+{sessions_table(session, await session.soid())}
+<form method="post" action="/logout">{token}<button id="logout">Log out</button></form>
+<form method="post" action="/logout-everywhere">{token}<button id="logout-everywhere">
 Log out everywhere</button></form>"""
     return _page(request, body)
 
@@ -83,10 +140,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     user = str(form.get("user", "")).strip()
     session = await get_session(request)
-    try:
-        await session.upgrade(user)
-    except InvalidInputError as error:
-        return _page(request, _login_form(f"That name cannot be used: {error}."), status=400)
+    problem = await log_in(session, user)
+    if problem is not None:
+        return _page(request, await login_form(session, problem), status=400)
     raise web.HTTPSeeOther("/")
 
 
@@ -131,8 +187,8 @@ def make_app(redis_url: str, worker: int, *, cachetime: float = 30) -> web.Appli
     store = RedisSessions(url=redis_url, cachetime=cachetime)
     # The demo serves plain HTTP on loopback, so its cookie cannot be Secure and keeps
     # a plain name (sid). Behind TLS, leave secure=True: it becomes __Host-sid, which no
-    # other subdomain can set. A real app also wants csrf=True (and tokens in its forms).
-    setup_sessions(app, store, app_name=APP_NAME, secure=False)
+    # other subdomain can set. csrf=True: every POST needs the token its form carries.
+    setup_sessions(app, store, app_name=APP_NAME, secure=False, csrf=True)
     app.router.add_get("/", index)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
@@ -165,9 +221,48 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return arguments
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already accepts connections on host:port. Binding would not
+    tell: with SO_REUSEPORT a second server joins the first on its port."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def redis_problem(url: str) -> str | None:
+    """Why the store cannot use `url`, in one line; None when it answers."""
+
+    async def attempt() -> None:
+        async with RedisSessions(url=url, wipe=0):
+            pass
+
+    try:
+        asyncio.run(attempt())
+    except UNREACHABLE as error:
+        return f"Redis at {redacted_url(url)} is unreachable: {error}"
+    return None
+
+
+def refuse_to_start(host: str, port: int, url: str | None) -> None:
+    """Exit with one line if the port is already served or the Redis is unreachable."""
+    if port_in_use(host, port):
+        sys.exit(
+            f"demo: http://{host}:{port}/ is already served (another demo?): "
+            "stop it, or pass --port"
+        )
+    if url and (problem := redis_problem(url)) is not None:
+        sys.exit(
+            f"demo: {problem} (start it, or leave out --redis-url and REDIS_URL "
+            "for an embedded server)"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     arguments = _arguments(argv)
     logging.basicConfig(level=logging.INFO, format="demo: %(message)s")
+    refuse_to_start(arguments.host, arguments.port, arguments.redis_url)
     embedded: EmbeddedServer | None = None
     url = arguments.redis_url
     if not url:

@@ -33,7 +33,9 @@ from cached_sessions.web.errors import (
 from cached_sessions.web.exchange import Exchange
 from cached_sessions.web.load import load_session, maybe_await
 from cached_sessions.web.options import SessionOptions, make_options
+from cached_sessions.web.secure_trap import warn_if_dropped
 from cached_sessions.web.session import Session
+from cached_sessions.web.startup import logged_at_start, start_store
 
 from .events import SessionEvents
 
@@ -127,6 +129,8 @@ async def _commit(state: RequestState, request: web.Request, response: web.Strea
         return
     for header in await commit(state.options, request, exchange, session):
         response.headers.add(hdrs.SET_COOKIE, header)
+    if exchange.sets_cookie():
+        warn_if_dropped(state.options.cookie.secure, request.scheme, request.host)
 
 
 async def _unavailable(request: web.Request, error: Exception) -> web.StreamResponse:
@@ -135,7 +139,8 @@ async def _unavailable(request: web.Request, error: Exception) -> web.StreamResp
         response = await maybe_await(handler(request, error))
         assert isinstance(response, web.StreamResponse), "on_unavailable must return a response"
         return response
-    log.warning("session store unavailable: %s", error)
+    if not logged_at_start(error):
+        log.warning("session store unavailable: %s", error)
     response = web.Response(
         status=503,
         text=UNAVAILABLE_MESSAGE,
@@ -271,11 +276,14 @@ def setup_sessions(
     valid: ValidHook | None = None,
     before_save: BeforeSaveHook | None = None,
     references: Sequence[str] = (),
+    fail_fast: bool = False,
 ) -> SessionEvents:
     """Install the middleware, tie the store's lifetime to the app's; returns its events.
 
     Cookie names default to `__Host-sid` and `__Host-csrf` (with `secure` and no
     `domain`), which no sibling subdomain can plant; see `default_cookie_names`.
+    A Redis unreachable at start-up gives 503s until it answers; with `fail_fast`,
+    start-up ends the process instead (SystemExit with a one-line message).
     """
     events = SessionEvents(app)
     options: SessionConfig = make_options(
@@ -302,6 +310,7 @@ def setup_sessions(
         valid=valid,
         before_save=before_save,
         references=references,
+        fail_fast=fail_fast,
     )
     app[CONFIG_KEY] = options
     app.middlewares.append(_session_middleware(options))
@@ -309,7 +318,9 @@ def setup_sessions(
 
     async def store_lifetime(_: web.Application) -> AsyncIterator[None]:
         events.freeze()
-        await store.start()
+        failure = await start_store(store, fail_fast=options.fail_fast)
+        if failure is not None:
+            raise SystemExit(failure)  # printed as one line, exit status 1: no traceback
         yield
         await store.aclose()
 

@@ -3,7 +3,8 @@
 uvicorn runs the worker processes (two by default) on one port; each has its own
 session cache, all share one Redis (REDIS_URL, --redis-url, else an embedded server
 that this process starts and stops). Logging out everywhere in one worker logs the
-user out in all of them at once.
+user out in all of them at once. CSRF protection is on, with a token in every form;
+the launcher refuses, in one line, a port already served and an unreachable Redis.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from cached_sessions import EmbeddedServer, InvalidInputError, RedisSessions
+from aiohttp_ext.demo import (
+    log_in,
+    login_form,
+    refuse_to_start,
+    sessions_table,
+    token_field,
+)
+from cached_sessions import EmbeddedServer, RedisSessions
 
 from . import SessionMiddleware, get_session
 
@@ -41,38 +49,28 @@ def _page(body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(PAGE.format(pid=os.getpid(), body=body), status_code=status)
 
 
-def _login_form(error: str = "") -> str:
-    message = f'<p class="error" id="error">{html.escape(error)}</p>' if error else ""
-    return f"""<p id="who">Not logged in.</p>{message}
-<form method="post" action="/login"><label>Name <input name="user" id="user" required></label>
-<button id="login">Log in</button></form>"""
-
-
 async def index(request: Request) -> Response:
     session = await get_session(request)
     if session.user_id is None:
-        return _page(_login_form())
+        return _page(await login_form(session))
     session["visits"] = int(session.get("visits", 0)) + 1
-    rows = "".join(
-        f"<tr><td>{html.escape(s['ip'])}</td><td>{s['r']}</td><td>{s['idle']} s</td></tr>"
-        for s in await session.soid()
-    )
+    token = await token_field(session)
     name = html.escape(session.user_id)
     return _page(f"""<p id="who">Logged in as <strong id="user-id">{name}</strong>.
 This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
-<table id="sessions"><tr><th>ip</th><th>reads</th><th>idle</th></tr>{rows}</table>
-<form method="post" action="/logout"><button id="logout">Log out</button></form>
-<form method="post" action="/logout-everywhere"><button id="logout-everywhere">
+<h2>Your sessions</h2>
+{sessions_table(session, await session.soid())}
+<form method="post" action="/logout">{token}<button id="logout">Log out</button></form>
+<form method="post" action="/logout-everywhere">{token}<button id="logout-everywhere">
 Log out everywhere</button></form>""")
 
 
 async def login(request: Request) -> Response:
     user = str((await request.form()).get("user", "")).strip()
     session = await get_session(request)
-    try:
-        await session.upgrade(user)
-    except InvalidInputError as error:
-        return _page(_login_form(f"That name cannot be used: {error}."), status=400)
+    problem = await log_in(session, user)
+    if problem is not None:
+        return _page(await login_form(session, problem), status=400)
     return RedirectResponse("/", status_code=303)
 
 
@@ -103,7 +101,7 @@ def make_app(redis_url: str, *, cachetime: float = 30) -> Starlette:
     app = Starlette(routes=routes)
     # Plain HTTP on loopback: the cookie cannot be Secure. Behind TLS keep secure=True.
     store = RedisSessions(url=redis_url, cachetime=cachetime)
-    app.add_middleware(SessionMiddleware, store=store, app_name=APP_NAME, secure=False)
+    app.add_middleware(SessionMiddleware, store=store, app_name=APP_NAME, secure=False, csrf=True)
     return app
 
 
@@ -122,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.workers < 1:
         parser.error("--workers must be at least 1")
     logging.basicConfig(level=logging.INFO, format="demo: %(message)s")
+    refuse_to_start(arguments.host, arguments.port, arguments.redis_url)
     embedded = None if arguments.redis_url else EmbeddedServer()
     url = arguments.redis_url or embedded.start()  # type: ignore[union-attr]
     os.environ[URL_VARIABLE] = url

@@ -33,7 +33,9 @@ from cached_sessions.web.errors import (
 from cached_sessions.web.exchange import Exchange
 from cached_sessions.web.load import load_session, maybe_await
 from cached_sessions.web.options import SessionOptions, make_options
+from cached_sessions.web.secure_trap import warn_if_dropped
 from cached_sessions.web.session import Session
+from cached_sessions.web.startup import logged_at_start, start_store
 
 from .events import SessionEvents
 
@@ -147,6 +149,7 @@ class SessionMiddleware:
         before_save: BeforeSaveHook | None = None,
         references: Sequence[str] = (),
         events: SessionEvents | None = None,
+        fail_fast: bool = False,
     ) -> None:
         self.app = app
         self.events = events if events is not None else SessionEvents()
@@ -174,6 +177,7 @@ class SessionMiddleware:
             valid=valid,
             before_save=before_save,
             references=references,
+            fail_fast=fail_fast,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -186,12 +190,22 @@ class SessionMiddleware:
             await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The store starts before the app's own start-up and closes after its
+        shutdown. A fail-fast refusal answers `lifespan.startup.failed` before the app
+        starts at all, and the server reports its one line and exits."""
         store = self.options.store
+        first: Message | None = await receive()  # handed to the app in its turn
+        if first is not None and first["type"] == "lifespan.startup":
+            failure = await start_store(store, fail_fast=self.options.fail_fast)
+            if failure is not None:
+                await send({"type": "lifespan.startup.failed", "message": failure})
+                return
 
         async def starting() -> Message:
-            message: Message = await receive()
-            if message["type"] == "lifespan.startup":
-                await store.start()
+            nonlocal first
+            if first is None:
+                return await receive()
+            message, first = first, None
             return message
 
         async def closing(message: Message) -> None:
@@ -259,9 +273,14 @@ class _Request:
         await self.send(message)
 
     async def _commit(self) -> list[str]:
-        state = self.state
+        state, scope = self.state, self.scope
         assert state.session is not None and state.exchange is not None
-        return await commit(self.options, HTTPConnection(self.scope), state.exchange, state.session)
+        connection = HTTPConnection(scope)
+        cookies = await commit(self.options, connection, state.exchange, state.session)
+        if state.exchange.sets_cookie():
+            host = connection.headers.get("host", "")
+            warn_if_dropped(self.options.cookie.secure, scope.get("scheme", "http"), host)
+        return cookies
 
     async def _unavailable(self, error: Exception) -> None:
         self.replaced = self.state.committed = True
@@ -273,7 +292,8 @@ class _Request:
             response = await maybe_await(handler(HTTPConnection(self.scope), error))
             assert isinstance(response, Response), "on_unavailable must return a response"
         else:
-            log.warning("session store unavailable: %s", error)
+            if not logged_at_start(error):
+                log.warning("session store unavailable: %s", error)
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
             response = PlainTextResponse(UNAVAILABLE_MESSAGE, 503, headers=headers)
         await response(self.scope, self.receive, self.send)

@@ -24,6 +24,7 @@ __all__ = [
     "SessionsClosedError",
     "SessionsError",
     "StoredDataError",
+    "UnreachableSinceStartError",
     "UsageError",
 ]
 
@@ -140,3 +141,13 @@ class IncompleteKillError(SessionsError, RedisConnectionError, RedisTimeoutError
         )
         self.operation = operation
         self.killed = killed
+
+
+class UnreachableSinceStartError(SessionsError, RedisConnectionError):
+    """Redis has not answered since start-up; the store keeps trying in the background.
+
+    A redis-py ConnectionError too, so the middleware answers 503 (without a log line
+    per request: the store logged the outage once, at start-up).
+    """
+
+    name = "unreachableSinceStart"

@@ -20,7 +20,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .cache import SessionCache
 from .connect import check_url, connect, is_cluster_url, redacted_url
@@ -32,6 +34,7 @@ from .errors import (
     MissingParameterError,
     SessionsClosedError,
     StoredDataError,
+    UnreachableSinceStartError,
     UsageError,
 )
 from .invalidation import Subscriber, raise_if_cancelling, routes_for
@@ -73,6 +76,9 @@ MIN_PING_TIMEOUT = 0.5
 TOUCH_MARGIN = 1.0
 CLOSE_FLUSH_TIMEOUT = 2.0
 CLOSE_TASK_TIMEOUT = 5.0
+STARTUP_RETRY_INTERVAL = 1.0
+# What connecting to a server that is not there raises (a cluster: its own class).
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -214,17 +220,21 @@ class RedisSessions:
         self._tasks: list[asyncio.Task[None]] = []
         self._start_lock = asyncio.Lock()
         self._closed = False
+        self._unreachable: str | None = None  # why, while retrying since start-up
 
     def __repr__(self) -> str:
+        return f"RedisSessions(namespace={self._layout.namespace!r}, server={self.server!r})"
+
+    @property
+    def server(self) -> str:
+        """Which server this store uses, fit for a log line (credentials masked)."""
         if self._given is not None:
-            server = "a client passed in"
-        elif self._url is not None:
-            server = redacted_url(self._url)
-        elif self._embedded is not None and self._embedded.running:
-            server = f"embedded {self._embedded.url}"
-        else:
-            server = "embedded (not started)"
-        return f"RedisSessions(namespace={self._layout.namespace!r}, server={server!r})"
+            return "a client passed in"
+        if self._url is not None:
+            return redacted_url(self._url)
+        if self._embedded is not None and self._embedded.running:
+            return f"embedded {self._embedded.url}"
+        return "embedded (not started)"
 
     @property
     def layout(self) -> Layout:
@@ -254,6 +264,45 @@ class RedisSessions:
             except TimeoutError:
                 log.warning("cache subscription not confirmed yet; reading from Redis meanwhile")
         return self
+
+    async def start_or_keep_trying(self, retry_interval: float = STARTUP_RETRY_INTERVAL) -> bool:
+        """Start now if Redis answers, else keep trying in the background; True if started.
+
+        The failure policy at start-up: an app whose Redis is not there yet starts
+        anyway, and recovers by itself once Redis answers, rather than dying (a
+        restart would not make Redis come sooner). One warning says which server, what
+        error, and that this store keeps trying; meanwhile every operation fails at
+        once with redis-py's ConnectionError (the middleware answers 503 then), rather
+        than each waiting on its own connection attempt.
+        """
+        try:
+            await self.start()
+        except UNREACHABLE as error:
+            self._unreachable = f"session store {self.server} unreachable since start-up ({error})"
+            log.warning(
+                "%s; retrying every %g s in the background, failing calls meanwhile",
+                self._unreachable, retry_interval,
+            )  # fmt: skip
+            self._spawn(self._keep_trying(retry_interval), "cached-sessions start-up retry")
+            return False
+        return True
+
+    async def _keep_trying(self, interval: float) -> None:
+        began = time.monotonic()
+        while not self._closed:
+            await asyncio.sleep(interval)
+            try:
+                await self._start_now()
+            except UNREACHABLE:
+                continue
+            except SessionsClosedError:
+                return
+            self._unreachable = None
+            log.warning(
+                "session store %s reachable after %.0f s: serving sessions",
+                self.server, time.monotonic() - began,
+            )  # fmt: skip
+            return
 
     async def __aenter__(self) -> RedisSessions:
         return await self.start()
@@ -308,6 +357,11 @@ class RedisSessions:
         scripts = self._scripts
         if scripts is not None:
             return scripts
+        if self._unreachable is not None:  # the start-up retry owns connecting
+            raise UnreachableSinceStartError(self._unreachable)
+        return await self._start_now()
+
+    async def _start_now(self) -> Scripts:
         async with self._start_lock:
             if self._closed:
                 raise SessionsClosedError()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -31,16 +34,48 @@ OPENER = urllib.request.build_opener(NoRedirect)
 
 def call(
     base: str, path: str, *, cookie: str = "", form: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
+) -> tuple[int, Message, bytes]:
+    """Status, headers (any case; `get_all` for repeated ones) and body of one request."""
     data = urllib.parse.urlencode(form).encode() if form is not None else None
     request = urllib.request.Request(
         base + path, data=data, headers={"Cookie": cookie} if cookie else {}
     )
     try:
         with OPENER.open(request, timeout=5) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()
+
+
+def form_token(base: str, cookie: str = "") -> tuple[str, str]:
+    """The CSRF token of the page's forms, and the Cookie header to send it with (an
+    anonymous visitor's token is bound to the CSRF cookie the page sets)."""
+    _, headers, page = call(base, "/", cookie=cookie)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page.decode())
+    assert match, "every form of the demo carries a CSRF token"
+    fresh = [
+        value.split(";")[0]
+        for value in headers.get_all("Set-Cookie", [])
+        if value.startswith("csrf=")
+    ]
+    return match.group(1), "; ".join(part for part in (cookie, *fresh) if part)
+
+
+def post(
+    base: str, path: str, cookie: str = "", **fields: str
+) -> tuple[int, dict[str, str], bytes]:
+    """A form of the page, submitted as a browser does: with its CSRF token."""
+    token, cookies = form_token(base, cookie)
+    return call(base, path, cookie=cookies, form={**fields, "csrf_token": token})
+
+
+def log_in(base: str, user: str) -> str:
+    """The session cookie of a fresh login as `user`."""
+    status, headers, body = post(base, "/login", user=user)
+    assert status == 303, body
+    cookies = [v.split(";")[0] for v in headers.get_all("Set-Cookie", []) if v.startswith("sid=")]
+    assert len(cookies) == 1
+    return cookies[0]
 
 
 @pytest.fixture(scope="module", params=["single", "cluster"])
@@ -87,9 +122,7 @@ def me(base: str, cookie: str) -> dict[str, object]:
 
 
 def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None:
-    status, headers, _ = call(demo, "/login", form={"user": "alice"})
-    assert status == 303
-    cookie = headers["Set-Cookie"].split(";")[0]
+    cookie = log_in(demo, "alice")
     workers: dict[int, object] = {}
     for _ in range(200):  # each request is a new connection: the kernel picks a worker
         answer = me(demo, cookie)
@@ -97,7 +130,7 @@ def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None
         if len(workers) == 2:
             break
     assert workers == {1: "alice", 2: "alice"}
-    status, headers, _ = call(demo, "/logout-everywhere", cookie=cookie, form={})
+    status, _, _ = post(demo, "/logout-everywhere", cookie=cookie)
     assert status == 303
     refused: set[int] = set()
     for _ in range(200):
@@ -110,8 +143,7 @@ def test_logging_out_everywhere_in_one_worker_logs_out_in_all(demo: str) -> None
 
 
 def test_the_page_shows_worker_user_counter_and_sessions(demo: str) -> None:
-    _, headers, _ = call(demo, "/login", form={"user": "bob <b>"})
-    cookie = headers["Set-Cookie"].split(";")[0]
+    cookie = log_in(demo, "bob <b>")
     first = call(demo, "/", cookie=cookie)[2].decode()
     second = call(demo, "/", cookie=cookie)[2].decode()
     assert "Served by worker" in first
@@ -120,11 +152,36 @@ def test_the_page_shows_worker_user_counter_and_sessions(demo: str) -> None:
     assert 'id="sessions"' in first
 
 
-def test_bad_input_gets_a_clear_page_not_a_500(demo: str) -> None:
-    status, _, body = call(demo, "/login", form={"user": "x" * 500})
-    assert status == 400 and b"cannot be used" in body
+def test_bad_input_gets_a_clear_page_in_the_forms_words_not_a_500(demo: str) -> None:
+    status, _, body = post(demo, "/login", user="x" * 500)
+    assert status == 400
+    assert b"Name is 500 characters long; it can be at most 128." in body
+    status, _, body = post(demo, "/login", user="   ")
+    assert status == 400 and b"Please enter a name." in body
     status, _, _ = call(demo, "/", cookie="sid=" + "%" * 70)
     assert status == 200
+
+
+def test_a_post_without_its_csrf_token_is_refused(demo: str) -> None:
+    status, _, _ = call(demo, "/login", form={"user": "mallory"})
+    assert status == 403
+    cookie = log_in(demo, "carol")
+    status, _, _ = call(demo, "/logout-everywhere", cookie=cookie, form={})
+    assert status == 403
+    assert me(demo, cookie)["user"] == "carol"  # still logged in
+    status, _, _ = call(demo, "/logout", cookie=cookie, form={"csrf_token": "forged.token"})
+    assert status == 403 and me(demo, cookie)["user"] == "carol"
+
+
+def test_your_sessions_marks_this_one(demo: str) -> None:
+    first, second = log_in(demo, "dora"), log_in(demo, "dora")
+    page = call(demo, "/", cookie=second)[2].decode()
+    table = page.split('id="sessions"', 1)[1].split("</table>", 1)[0]
+    assert table.count("<tr") == 3  # the header and dora's two sessions
+    assert table.count('id="current-session"') == 1 and "this browser" in table
+    rows = table.split("<tr")[1:]
+    assert "this browser" not in rows[0]  # the header
+    assert first != second
 
 
 def test_metrics_are_in_the_prometheus_text_format(demo: str) -> None:
@@ -137,6 +194,36 @@ def test_metrics_are_in_the_prometheus_text_format(demo: str) -> None:
         if not line.startswith("#"):
             name_labels, value = line.rsplit(" ", 1)
             assert int(value) >= 0 and "{" in name_labels
+
+
+def test_demo_refuses_a_port_that_is_already_served() -> None:
+    """aiohttp's reuse_port would let a second demo share the port and split the
+    requests; the launcher refuses instead, in one line."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "aiohttp_ext.demo", "--port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        f"demo: http://127.0.0.1:{port}/ is already served (another demo?): stop it, or pass --port"
+    )
+
+
+def test_demo_says_in_one_line_when_its_redis_is_unreachable() -> None:
+    url = f"redis://:secret-password@127.0.0.1:{free_port()}/0"  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "aiohttp_ext.demo", "--port", str(free_port()), "--redis-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).strip()
+    assert len(output.splitlines()) == 1, output
+    assert "is unreachable" in output and "redis://***@127.0.0.1" in output
+    assert "secret-password" not in output and "Traceback" not in output
 
 
 def test_demo_refuses_a_bad_worker_count() -> None:

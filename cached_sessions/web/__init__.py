@@ -15,6 +15,8 @@ adapters read what it needs off their requests and hand it over as plain values.
     csrf        CSRF tokens and the origin check
     events      SessionEvent and its log line
     errors      the errors of the web layer
+    startup     starting the store with the app, by the failure policy
+    secure_trap the warning for a Secure cookie sent over plain HTTP
 """
 
 from .errors import UNAVAILABLE_ERRORS, AnonymousSessionError, SessionStoreUnavailable

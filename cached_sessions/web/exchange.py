@@ -82,6 +82,10 @@ class Exchange:
         """Whether the response must carry a save or a cookie (most reads owe none)."""
         return self._cookie is not None or self._csrf_key_new or session.wants_save()
 
+    def sets_cookie(self) -> bool:
+        """Whether this response sets a cookie (rather than clearing one or none)."""
+        return bool(self._cookie) or (self._csrf_key_new and self._csrf_key is not None)
+
     def cookie_headers(self) -> list[str]:
         """The Set-Cookie header values this response owes."""
         policy = self.options.cookie

@@ -55,6 +55,7 @@ class SessionOptions(Generic[R]):
     valid: ValidHook[R] | None
     before_save: BeforeSaveHook[R] | None
     emit: Emit[R]
+    fail_fast: bool = False  # stop start-up when Redis is unreachable (startup.py)
 
     def app_for(self, request: R) -> str:
         """The app name of this request (a fixed name was checked at setup)."""
@@ -133,6 +134,7 @@ def make_options(
     valid: ValidHook[R] | None = None,
     before_save: BeforeSaveHook[R] | None = None,
     references: Sequence[str] = (),
+    fail_fast: bool = False,
 ) -> SessionOptions[R]:
     """Check every option (a ValueError or TypeError names the first bad one) and index
     the `references` in the store. The keywords are those of the adapters."""
@@ -179,4 +181,5 @@ def make_options(
         valid=valid,
         before_save=before_save,
         emit=emit,
+        fail_fast=bool(fail_fast),
     )

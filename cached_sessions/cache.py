@@ -239,14 +239,22 @@ class SessionCache:
         self._forget((app, token))
 
     def drop_where(
-        self, app: str, id: str | None = None, *, field: str | None = None, value: Any = None
+        self,
+        app: str,
+        id: str | None = None,
+        *,
+        field: str | None = None,
+        value: Any = None,
+        spare: str | None = None,
     ) -> None:
-        """This process killed every session of an app, of one id, or of one reference."""
+        """This process killed every session of an app, of one id, or of one reference
+        (all but the one of token `spare`)."""
         with self._entries.timer:
             doomed = [
                 key
                 for key, entry in self._entries.items()
                 if entry.app == app
+                and key[1] != spare
                 and (id is None or entry.id == id)
                 and (field is None or (entry.data or {}).get(field) == value)
             ]

@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import NotDurableError
 from .keys import TEMPLATE_ORDER, Layout
 from .slots import ConnectionSlots
+from .validation import ANONYMOUS_ID
 
 __all__ = ["OPERATIONS", "Client", "Durability", "Scripts", "script_source"]
 
@@ -87,7 +88,7 @@ def _in_migration(error: BaseException) -> bool:
 
 OPERATIONS = (
     "create", "get", "set", "kill", "killall", "killsoid", "soid", "soapp", "wipe", "touch",
-    "kill_by",
+    "kill_by", "upgrade", "devices",
 )  # fmt: skip
 
 
@@ -104,7 +105,7 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in text.encode()) + '"'
 
 
-def layout_header(layout: Layout, references: Sequence[str] = ()) -> str:
+def layout_header(layout: Layout, references: Sequence[str] = (), max_lifetime: int = 0) -> str:
     fields = ", ".join(
         f"{name} = {_lua_string(t)}"
         for name, t in zip(TEMPLATE_ORDER, layout.templates(), strict=True)
@@ -114,7 +115,8 @@ def layout_header(layout: Layout, references: Sequence[str] = ()) -> str:
     strict = "true" if layout.strict else "false"
     return (
         f"local L = {{{fields}, publish = {publish}, strict = {strict}, "
-        f"references = {{{indexed}}}}}\n"
+        f"references = {{{indexed}}}, anonymous = {_lua_string(ANONYMOUS_ID)}, "
+        f"max_lifetime = {int(max_lifetime)}}}\n"
     )
 
 
@@ -156,9 +158,11 @@ class Scripts:
         layout: Layout,
         slots: ConnectionSlots,
         references: Sequence[str] = (),
+        max_lifetime: int = 0,
     ) -> Scripts:
-        """`references`: the data keys whose values the scripts index (kill_by)."""
-        header = layout_header(layout, references)
+        """`references`: the data keys whose values the scripts index (kill_by);
+        `max_lifetime`: seconds after creation when every session ends (0: never)."""
+        header = layout_header(layout, references, max_lifetime)
         scripts = {op: AsyncScript(client, script_source(op, header)) for op in OPERATIONS}
         return cls(_client=client, _scripts=scripts, slots=slots)
 

@@ -48,17 +48,39 @@ local function member_value(text, after_key, after_value)
   return string.sub(text, colon + 1, after_value - 1)
 end
 
--- Splits a flat JSON object (scalar values only) into its members, or returns nil and
--- why not: NOT_FLAT, or TOO_MANY_KEYS past `max_keys` members (nil: no bound). Member
--- i is the raw text from starts[i] to ends[i], so values pass through untouched (cjson
--- would re-encode numbers with 14 significant digits and change them), and runs of
--- members can be copied whole. last[key] is the member that counts for a repeated key
--- (the last, as in JSON.parse); found[key] is its raw value, for the keys in `wanted`.
--- The work is linear in the text: one or two pattern matches per member.
+-- A value that is a list or an object, anchored at its opening bracket: the position
+-- past its end. `masked` is the unescaped text with the inside of every string blanked
+-- out (same length), so every bracket left in it is structure, and Lua's balanced
+-- match (%b, in C) finds the end in one step whatever the value holds.
+local NESTED_MEMBER = '^"[^"]*"()%s*:%s*()[%[{]'
+local SEPARATOR = '^%s*([,}])%s*()'
+
+-- The unescaped text with string contents blanked out, or the text itself when no
+-- string holds a bracket (two counts in C decide; a blanking is a Lua call a string).
+local function masked_text(plain)
+  local strings_out = string.gsub(plain, '"[^"]*"', '""')
+  local _, outside = string.gsub(strings_out, '[%[%]{}]', '')
+  local _, everywhere = string.gsub(plain, '[%[%]{}]', '')
+  if outside == everywhere then return plain end
+  return (string.gsub(plain, '"([^"]*)"', function(inside)
+    return '"' .. string.rep('_', #inside) .. '"'
+  end))
+end
+
+-- Splits a JSON object into its top-level members, or returns nil and why not:
+-- NOT_FLAT (not an object this split can read), or TOO_MANY_KEYS past `max_keys`
+-- members (nil: no bound). Member i is the raw text from starts[i] to ends[i], so
+-- values pass through untouched (cjson would re-encode numbers with 14 significant
+-- digits and change them), and runs of members can be copied whole. A value that is a
+-- list or an object is one member, its text kept as it is. last[key] is the member
+-- that counts for a repeated key (the last, as in JSON.parse); found[key] is its raw
+-- value, for the keys in `wanted`. The work is linear in the text: one or two pattern
+-- matches per member, plus two passes in C the first time a nested value shows up.
 local function split_object(text, max_keys, wanted)
   local keys, starts, ends, last, found, n = {}, {}, {}, {}, {}, 0
   local parsed = {text = text, keys = keys, starts = starts, ends = ends, last = last, found = found, n = 0}
   local plain, escaped = unescaped(text), string.find(text, '\\', 1, true)
+  local masked = nil
   local _, at = string.find(plain, '^%s*{%s*')
   if not at then return nil, 'NOT_FLAT' end
   at = at + 1
@@ -70,8 +92,23 @@ local function split_object(text, max_keys, wanted)
     local _, _, after_key, after_value, sep, after = string.find(plain, first, at)
     if not after_key then
       _, _, after_key, after_value, sep, after = string.find(plain, second, at)
-      if not after_key then return nil, 'NOT_FLAT' end
-      first, second = second, first
+      if after_key then
+        first, second = second, first
+      else
+        local value_at
+        _, _, after_key, value_at = string.find(plain, NESTED_MEMBER, at)
+        if not after_key then return nil, 'NOT_FLAT' end
+        if not masked then
+          masked = masked_text(plain)
+          plain = masked
+        end
+        local close = string.sub(plain, value_at, value_at) == '[' and '^%b[]' or '^%b{}'
+        local _, value_end = string.find(plain, close, value_at)
+        if not value_end then return nil, 'NOT_FLAT' end
+        after_value = value_end + 1
+        _, _, sep, after = string.find(plain, SEPARATOR, after_value)
+        if not sep then return nil, 'NOT_FLAT' end
+      end
     end
     if n == max_keys then return nil, 'TOO_MANY_KEYS' end
     local key = string.sub(text, at + 1, after_key - 2)
@@ -175,31 +212,63 @@ local function split_member(member)
   return string.sub(member, 1, at - 1), string.sub(member, at + 1)
 end
 
+-- A session that belongs to no user (a visitor's data before login) carries this id:
+-- it is never in a user's token set nor in the users index, so soid, activity and the
+-- per-user kills never see it, while Node's redis-sessions still reads it.
+local ANONYMOUS = L.anonymous
+-- Seconds after its creation (`ct`) when a session ends however active it is; 0: never.
+local LIFETIME = L.max_lifetime
+
 -- The session stored at `key`, or nil when it is absent or expired (logically gone,
--- whatever is still in Redis). `s.ttl` is the stored ttl; `s.left` is what a caller sees.
--- `without_data` leaves `d` in Redis (s.d is nil): removals need only the state, and
--- copying up to the data cap into Lua for nothing would cost them as much as a read.
+-- whatever is still in Redis). `s.ttl` is the stored ttl; `s.left` is what a caller sees;
+-- `s.ends` the seconds left of its absolute lifetime (false: none). `without_data`
+-- leaves `d` in Redis (s.d is nil): removals need only the state, and copying up to
+-- the data cap into Lua for nothing would cost them as much as a read. `ct` is read
+-- only when a lifetime is set, so a read costs nothing more without one.
 local SESSION_FIELDS = {'id', 'r', 'w', 'ttl', 'la', 'ip', 'no_resave', 'd'}
 local STATE_FIELDS = {'id', 'r', 'w', 'ttl', 'la', 'ip', 'no_resave'}
+if LIFETIME > 0 then
+  SESSION_FIELDS[#SESSION_FIELDS + 1] = 'ct'
+  STATE_FIELDS[#STATE_FIELDS + 1] = 'ct'
+end
 
 local function read_session(key, now, without_data)
-  local f = redis.call('HMGET', key, unpack(without_data and STATE_FIELDS or SESSION_FIELDS))
+  local fields = without_data and STATE_FIELDS or SESSION_FIELDS
+  local f = redis.call('HMGET', key, unpack(fields))
   if not f[1] then return nil end
   local ttl, la = tonumber(f[4]), tonumber(f[5])
   if not ttl or not la then return nil end
   local idle = now - la
   if idle > ttl then return nil end
+  local ends = false
+  if LIFETIME > 0 then
+    local ct = tonumber(f[#fields])
+    if ct then
+      ends = ct + LIFETIME - now
+      if ends < 0 then return nil end
+    end
+  end
   local s = {
     key = key, id = f[1], r = tonumber(f[2]) or 0, w = tonumber(f[3]) or 0, ttl = ttl,
     la = la, idle = idle, ip = f[6] or '', no_resave = f[7] == '1',
-    d = not without_data and (f[8] or '') or nil,
+    d = not without_data and (f[8] or '') or nil, ends = ends,
   }
   s.left = s.no_resave and (ttl - idle) or ttl
   return s
 end
 
 local function reply(s)
-  return {s.id, s.r, s.w, s.left, s.idle, s.ip, s.d ~= '' and s.d or false, s.no_resave and 1 or 0}
+  return {
+    s.id, s.r, s.w, s.left, s.idle, s.ip, s.d ~= '' and s.d or false, s.no_resave and 1 or 0,
+    s.ends,
+  }
+end
+
+-- When the expiry index should see the session end, for an access at `now`.
+local function expiry_score(s, now)
+  local score = now + s.left
+  if s.ends and s.ends < s.left then score = now + s.ends end
+  return score
 end
 
 -- Tells every cache to drop the session: PUBLISH, or SPUBLISH on a cluster's bucket.
@@ -222,8 +291,8 @@ local function touch(app, token, s, now, field, value)
   end
   redis.call('HSET', s.key, unpack(fields))
   redis.call('ZADD', fill(L.app_sessions, app), now, fill(L.app_member, app, token, s.id))
-  redis.call('ZADD', fill(L.app_users, app), now, s.id)
-  redis.call('ZADD', fill(L.expiry_index), now + s.left, fill(L.global_member, app, token, s.id))
+  if s.id ~= ANONYMOUS then redis.call('ZADD', fill(L.app_users, app), now, s.id) end
+  redis.call('ZADD', fill(L.expiry_index), expiry_score(s, now), fill(L.global_member, app, token, s.id))
 end
 
 -- The keys `touch` writes besides the session.
@@ -240,7 +309,7 @@ local function need_removal(app, token, id)
   local key = fill(L.session, app, token, id)
   need(key)
   need_touch(app)
-  need(fill(L.user_tokens, app, token, id))
+  if id ~= ANONYMOUS then need(fill(L.user_tokens, app, token, id)) end
   if INDEXING then
     local _, indexed = read_refs(key)
     need_reindex(app, token, indexed, {})
@@ -309,6 +378,13 @@ local function plan_removal(plan, app, token, id)
   plan_delete(plan, key)
   plan_remove(plan, 'ZREM', fill(L.app_sessions, app), fill(L.app_member, app, token, id))
   plan_remove(plan, 'ZREM', fill(L.expiry_index), fill(L.global_member, app, token, id))
+  plan.messages[#plan.messages + 1] = fill(L.message, app, token)
+  if id == ANONYMOUS then
+    -- In no user's set. A read by Node's redis-sessions puts the id in the users index
+    -- (it knows nothing of anonymous sessions): it leaves with the session.
+    plan_remove(plan, 'ZREM', fill(L.app_users, app), id)
+    return
+  end
   local tokens = fill(L.user_tokens, app, token, id)
   local user = plan.users[tokens]
   if not user then
@@ -321,7 +397,6 @@ local function plan_removal(plan, app, token, id)
     if redis.call('SISMEMBER', tokens, token) == 1 then user.left = user.left - 1 end
   end
   plan_remove(plan, 'SREM', tokens, token)
-  plan.messages[#plan.messages + 1] = fill(L.message, app, token)
 end
 
 -- Plans what follows from the removals: a user none of whose tokens remain leaves the
@@ -386,4 +461,113 @@ end
 
 local function batch_size(batch, budget)
   return math.max(1, math.min(batch, math.floor(budget / SESSION_WORK)))
+end
+
+-- Merges the changes in ARGV (from `first` on, triples: key, key as JSON, value as JSON
+-- or '' to remove) into the JSON text `d`, as text: the stored members pass through as
+-- they are, the changed ones are spliced in as the JSON the caller encoded; a changed
+-- key keeps its place, and of a repeated key only the last one counts, as in
+-- JSON.parse. `d` is parsed once, and never beyond the caps. Returns the merged text
+-- ('' when empty), the parsed `d` (its `found` reference values) and the changes by key
+-- (their index in ARGV); or nil and the error to reply, when `d` or the result is over
+-- the caps (nothing may be written then).
+local function merge_data(d, first, max_bytes, max_keys)
+  local patch = {}
+  for i = first, #ARGV, 3 do patch[ARGV[i]] = i end
+  local stored = {keys = {}, last = {}, found = {}, n = 0}
+  if d ~= '' then
+    if #d > max_bytes then return nil, redis.error_reply('STORED_DATA_TOO_LARGE ' .. #d) end
+    local why
+    stored, why = split_object(d, max_keys, INDEXING and L.references or nil)
+    if not stored then return nil, redis.error_reply('STORED_DATA_' .. why) end
+  end
+  -- The stored members that stay are copied in runs.
+  local parts, count, run_start, run_end = {}, 0, nil, nil
+  for i = 1, stored.n do
+    local key = stored.keys[i]
+    local at = patch[key]
+    if stored.last[key] == i and not at then
+      count = count + 1
+      run_start = run_start or stored.starts[i]
+      run_end = stored.ends[i]
+    else
+      if run_start then
+        parts[#parts + 1] = string.sub(d, run_start, run_end)
+        run_start = nil
+      end
+      if stored.last[key] == i and ARGV[at + 2] ~= '' then
+        count = count + 1
+        parts[#parts + 1] = ARGV[at + 1] .. ':' .. ARGV[at + 2]
+      end
+    end
+  end
+  if run_start then parts[#parts + 1] = string.sub(d, run_start, run_end) end
+  for i = first, #ARGV, 3 do
+    if not stored.last[ARGV[i]] and ARGV[i + 2] ~= '' then
+      count = count + 1
+      parts[#parts + 1] = ARGV[i + 1] .. ':' .. ARGV[i + 2]
+    end
+  end
+  if count > max_keys then return nil, redis.error_reply('TOO_MANY_KEYS ' .. count) end
+  local merged = ''
+  if count > 0 then merged = '{' .. table.concat(parts, ',') .. '}' end
+  if #merged > max_bytes then return nil, redis.error_reply('DATA_TOO_LARGE ' .. #merged) end
+  return merged, stored, patch
+end
+
+-- The reference values of a merge's result, from the stored members and the changes:
+-- no second parse.
+local function merged_references(stored, patch)
+  local values = {}
+  for field in pairs(L.references) do
+    local at = patch[field]
+    if not at then
+      values[field] = stored.found[field]
+    elseif ARGV[at + 2] ~= '' then
+      values[field] = ARGV[at + 2]
+    end
+  end
+  return values
+end
+
+-- The opaque name of a session in a device list: not its token (a page may show it),
+-- and useful only within its user's own sessions.
+local function device_handle(token)
+  return string.sub(redis.sha1hex('device:' .. token), 1, 32)
+end
+
+-- Writes a new session under `token`, whose key the caller found free, created `now`
+-- with the JSON text `d` ('' none) and the reference values read from it; returns it
+-- as read_session would. The caller declared every key (see need / undeclared).
+local function write_session(app, token, id, ip, ttl, d, no_resave, ua, now, references)
+  local key = fill(L.session, app, token, id)
+  local fields = {'id', id, 'r', 1, 'w', 1, 'ip', ip, 'la', now, 'ttl', ttl, 'ct', now}
+  if ua ~= '' then
+    fields[#fields + 1] = 'ua'
+    fields[#fields + 1] = ua
+  end
+  if d ~= '' then
+    fields[#fields + 1] = 'd'
+    fields[#fields + 1] = d
+  end
+  if no_resave then
+    fields[#fields + 1] = 'no_resave'
+    fields[#fields + 1] = 1
+  end
+  redis.call('HSET', key, unpack(fields))
+  redis.call('ZADD', fill(L.app_sessions, app), now, fill(L.app_member, app, token, id))
+  if id ~= ANONYMOUS then
+    redis.call('ZADD', fill(L.app_users, app), now, id)
+    redis.call('SADD', fill(L.user_tokens, app, token, id), token)
+  end
+  local s = {
+    key = key, id = id, r = 1, w = 1, ttl = ttl, left = ttl, la = now, idle = 0, ip = ip,
+    no_resave = no_resave, d = d, ends = LIFETIME > 0 and LIFETIME or false,
+  }
+  redis.call('ZADD', fill(L.expiry_index), expiry_score(s, now), fill(L.global_member, app, token, id))
+  if next(references) ~= nil then
+    reindex(app, token, {}, references)
+    write_refs(key, d, references, false)
+  end
+  return s
 end

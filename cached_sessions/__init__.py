@@ -16,10 +16,14 @@ from .errors import (
     StoredDataError,
 )
 from .keys import ClusterLayout, KeyLayout
+from .model import Device
 from .store import RedisSessions, SessionDict
+from .validation import ANONYMOUS_ID
 
 __all__ = [
+    "ANONYMOUS_ID",
     "ClusterLayout",
+    "Device",
     "EmbeddedServer",
     "IncompleteKillError",
     "InvalidFormatError",

@@ -133,7 +133,7 @@ async def change(session: Session, call: Call) -> Answer:
 
 async def bad_value(session: Session, call: Call) -> Answer:
     try:
-        session["bad"] = [1, 2]
+        session["bad"] = [1, 2**53]
     except InvalidInputError as error:
         return Reply({"error": str(error)}, 400)
     return Reply({"error": None})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from cached_sessions import RedisSessions
+from cached_sessions.store import DEFAULT_ANONYMOUS_TTL
 from cached_sessions.validation import validate_app, validate_ttl
 
 from .cookies import CookiePolicy, check_cookie_name, default_cookie_names
@@ -54,6 +55,8 @@ class SessionOptions(Generic[R]):
     valid: ValidHook[R] | None
     before_save: BeforeSaveHook[R] | None
     emit: Emit[R]
+    anonymous_data: bool
+    anonymous_ttl: int
 
     def app_for(self, request: R) -> str:
         """The app name of this request (a fixed name was checked at setup)."""
@@ -105,6 +108,12 @@ def _check_lifetimes(max_age: object, renew: bool, ttl: object, unavailable_wait
         raise ValueError("unavailable_wait must be seconds >= 0")
 
 
+def _check_anonymous(anonymous_data: object, anonymous_ttl: object) -> None:
+    if not isinstance(anonymous_data, bool):
+        raise TypeError("anonymous_data must be True or False")
+    validate_ttl(anonymous_ttl, "anonymous_ttl")
+
+
 def make_options(
     store: RedisSessions,
     emit: Emit[R],
@@ -130,6 +139,8 @@ def make_options(
     valid: ValidHook[R] | None = None,
     before_save: BeforeSaveHook[R] | None = None,
     references: Sequence[str] = (),
+    anonymous_data: bool = True,
+    anonymous_ttl: int = DEFAULT_ANONYMOUS_TTL,
 ) -> SessionOptions[R]:
     """Check every option (a ValueError or TypeError names the first bad one) and index
     the `references` in the store. The keywords are those of the adapters."""
@@ -148,6 +159,7 @@ def make_options(
         raise ValueError("trusted_origins is used only with csrf=True: turn csrf on or drop it")
     origins = checked_origins(trusted_origins)
     _check_lifetimes(max_age, renew, ttl, unavailable_wait)
+    _check_anonymous(anonymous_data, anonymous_ttl)
     store.index_references(references)
     return SessionOptions(
         store=store,
@@ -174,4 +186,6 @@ def make_options(
         valid=valid,
         before_save=before_save,
         emit=emit,
+        anonymous_data=anonymous_data,
+        anonymous_ttl=anonymous_ttl,
     )

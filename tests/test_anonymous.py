@@ -21,6 +21,7 @@ from cached_sessions import (
 )
 from tests.conftest import Deployment, ManualClock
 from tests.servers import ServerProcess
+from tests.test_store import Indexes
 from tests.web_apps import MakeClient
 
 pytest_plugins = ("tests.web_apps",)
@@ -39,15 +40,13 @@ async def user(rs: RedisSessions, id: str = "alice", **options: Any) -> str:
     return (await rs.create(app=APP, id=id, ip=IP, **options))["token"]
 
 
-class Where:
-    """The index keys of the bucket a token lives in, in any layout."""
+class Where(Indexes):
+    """The index keys of the bucket a token lives in (an anonymous session's bucket is
+    its token's), and its session key."""
 
     def __init__(self, rs: RedisSessions, token: str) -> None:
-        layout, bucket = rs.layout, rs.layout.bucket_of_token(token)
-        self.session = layout.session(APP, token)
-        self.sessions = layout.app_sessions(APP, bucket)
-        self.users = layout.app_users(APP, bucket)
-        self.expiry = layout.expiry_index(bucket)
+        super().__init__(rs, ANONYMOUS_ID, bucket=rs.layout.bucket_of_token(token))
+        self.session = rs.layout.session(APP, token)
 
 
 # The store

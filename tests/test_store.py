@@ -34,8 +34,9 @@ async def keys_of(redis: Redis, namespace: str) -> list[str]:
 class Indexes:
     """The names of the index keys that hold one user's sessions, in any layout."""
 
-    def __init__(self, rs: RedisSessions, id: str) -> None:
-        layout, bucket = rs.layout, rs.layout.bucket_of_id(id)
+    def __init__(self, rs: RedisSessions, id: str, bucket: int | None = None) -> None:
+        layout = rs.layout
+        bucket = layout.bucket_of_id(id) if bucket is None else bucket
         self.sessions = layout.app_sessions(APP, bucket)
         self.users = layout.app_users(APP, bucket)
         self.tokens = layout.user_tokens(APP, id)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 Fetch = Callable[[], Awaitable[Fetched]]
 Key = tuple[str, str]  # (app, token)
+NO_END: Final = math.inf  # an entry's `end` when the store has no max_lifetime
 
 
 class CachedEntry:
@@ -73,7 +74,7 @@ class CachedEntry:
         self.last_access = started
         # The absolute end (max_lifetime), which no touch moves; inf without one.
         ends_in = session.get("ends_in")
-        self.end = math.inf if ends_in is None else started + ends_in
+        self.end = NO_END if ends_in is None else started + ends_in
         # The fetch's own read moved Redis' expiry to (at least) this point.
         self.deadline = min(started + self.ttl, self.end)
         self.pending = 0
@@ -93,7 +94,7 @@ class CachedEntry:
             session["d"] = copy.deepcopy(self.data) if self.nested else self.data.copy()
         if self.no_resave:
             session["no_resave"] = True
-        if self.end != math.inf:
+        if self.end != NO_END:
             session["ends_in"] = int(self.end - now)
         return session
 

@@ -69,6 +69,22 @@ async def test_the_merge_leaves_every_values_text_as_it_was(
     assert json.loads(stored)["added"] == {"k": [1]} and "plain" not in json.loads(stored)
 
 
+async def test_brackets_in_strings_of_nested_values_are_written_as_escapes(
+    rs: RedisSessions, redis: Redis
+) -> None:
+    """So that the merge finds where each value ends in one step (no Lua per string);
+    every reader gets the same strings back. Top-level strings stay as they are (their
+    text is what references index)."""
+    value = {"q": "a[1]", "list": ["}{", {"k]": "x"}]}
+    token = await new(rs, {"v": value, "s": "[top]"})
+    stored = await redis.hget(rs.layout.session(APP, token), "d")
+    assert stored == (
+        '{"v":{"q":"a\\u005b1\\u005d","list":["\\u007d\\u007b",{"k\\u005d":"x"}]},"s":"[top]"}'
+    )
+    session = await rs.get(app=APP, token=token)
+    assert session is not None and session["d"] == {"v": value, "s": "[top]"}
+
+
 async def test_values_nested_up_to_the_bound_are_taken(rs: RedisSessions) -> None:
     token = await new(rs, {"deep": nested(MAX_DATA_DEPTH - 1)})
     session = await rs.get(app=APP, token=token)

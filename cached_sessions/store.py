@@ -667,7 +667,7 @@ class RedisSessions:
             bucket = self._layout.bucket_of_token(token)
             keys = self._layout.token_keys(app, token)
             known = self._cache.known_id(app, token) if self._cache is not None else None
-            if self._layout.strict and known is not None:
+            if self._layout.strict and known not in (None, ANONYMOUS_ID):
                 # The user's token set, which the script would ask for: one round trip
                 # less. Only a hint: the script checks the session's own id.
                 keys.append(self._layout.user_tokens(app, known))

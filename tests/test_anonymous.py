@@ -20,6 +20,7 @@ from cached_sessions import (
     RedisSessions,
 )
 from tests.conftest import Deployment, ManualClock
+from tests.cookies import set_cookies
 from tests.servers import ServerProcess
 from tests.test_store import Indexes
 from tests.web_apps import MakeClient
@@ -257,7 +258,7 @@ async def count_sessions(client: Any) -> int:
 
 
 def cookie_token(response: Any) -> str | None:
-    morsel = response.cookies.get("sid")
+    morsel = set_cookies(response).get("sid")
     return None if morsel is None else str(morsel.value) or None
 
 
@@ -267,7 +268,7 @@ async def test_reads_create_nothing_and_the_first_write_creates_one_session(
     client = await make_client()
     for _ in range(3):
         response = await client.get("/me")
-        assert response.status == 200 and "sid" not in response.cookies
+        assert response.status == 200 and "sid" not in set_cookies(response)
     assert await count_sessions(client) == 0
     response = await client.post(
         "/put", data=json.dumps({"next": "/cart", "cart": [{"sku": "a1", "n": 2}]})
@@ -307,7 +308,7 @@ async def test_login_keeps_the_visitors_data_and_the_old_token_is_dead(
     assert me["user"] == "alice" and me["data"] == {"next": "/cart", "lang": "fr", "n": 0}
     # Fixation: the token known before the login is worth nothing after it.
     stale = await client.get("/me", headers={"Cookie": f"sid={old}"})
-    assert (await stale.json())["data"] == {} and stale.cookies["sid"].value == ""
+    assert (await stale.json())["data"] == {} and set_cookies(stale)["sid"].value == ""
     assert await count_sessions(client) == 1
     fresh = await client.post("/put", data=json.dumps({"cart": [1]}))
     empty = await client.post(
@@ -322,7 +323,7 @@ async def test_a_csrf_token_rendered_before_the_first_write_still_verifies(
 ) -> None:
     client = await make_client(csrf=True)
     form = await client.get("/form")
-    csrf_cookie = form.cookies["csrf"].value
+    csrf_cookie = set_cookies(form)["csrf"].value
     csrf = (await form.json())["csrf"]
     headers = {
         "Cookie": f"csrf={csrf_cookie}",
@@ -367,5 +368,16 @@ async def test_flashes_survive_a_redirect_for_an_anonymous_visitor(
 async def test_with_anonymous_data_off_nothing_is_ever_created(make_client: MakeClient) -> None:
     client = await make_client(anonymous_data=False)
     response = await client.post("/anonymous-write")
-    assert response.status == 400 and "sid" not in response.cookies
+    assert response.status == 400 and "sid" not in set_cookies(response)
+    assert await count_sessions(client) == 0
+
+
+@pytest.mark.parametrize("path", ["/logout", "/logout-everywhere"])
+async def test_an_anonymous_visitor_can_drop_its_data(make_client: MakeClient, path: str) -> None:
+    client = await make_client()
+    token = cookie_token(await client.post("/put", data=json.dumps({"cart": [1]})))
+    assert token is not None
+    response = await client.post(path, headers={"Cookie": f"sid={token}"}, allow_redirects=False)
+    assert set_cookies(response)["sid"].value == ""
+    assert await client.store.get(app=APP, token=token) is None
     assert await count_sessions(client) == 0

@@ -13,6 +13,7 @@ from cached_sessions import InvalidFormatError, RedisSessions
 from cached_sessions.validation import MAX_USER_AGENT_LENGTH
 from cached_sessions.web.exchange import client_user_agent
 from tests.conftest import Deployment, ManualClock
+from tests.cookies import set_cookies
 from tests.web_apps import MakeClient
 
 pytest_plugins = ("tests.web_apps",)
@@ -150,7 +151,7 @@ async def test_revoking_this_devices_own_handle_is_a_logout(make_client: MakeCli
     (mine,) = (await (await client.get("/devices", headers=as_(token))).json())["devices"]
     response = await client.post("/revoke", params={"handle": mine["handle"]}, headers=as_(token))
     assert (await response.json()) == {"revoked": True, "me": None}
-    assert response.cookies["sid"].value == ""
+    assert set_cookies(response)["sid"].value == ""
 
 
 async def test_log_out_my_other_devices(make_client: MakeClient) -> None:

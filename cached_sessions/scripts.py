@@ -1,10 +1,11 @@
 """One server-side Lua script per operation, loaded once per client.
 
 Each script is a header with the layout's key templates and the indexed reference
-fields (so that no call has to send them), the shared prelude (`lua/_lib.lua`), then
-the operation's body. Calls go out as EVALSHA; after a NOSCRIPT reply (a restarted,
-flushed or newly promoted server) the script is loaded again (on a cluster, on every
-primary) and the call repeated, so callers never see that error.
+fields (so that no call has to send them), the shared prelude (`lua/_lib.lua`, and the
+parts of it only some operations need), then the operation's body. Calls go out as
+EVALSHA; after a NOSCRIPT reply (a restarted, flushed or newly promoted server) the
+script is loaded again (on a cluster, on every primary) and the call repeated, so
+callers never see that error.
 
 On a cluster, redis-py routes each call by its first key and follows MOVED, ASK and
 TRYAGAIN; a pipeline goes out as one batch per node, the nodes at once. A script there
@@ -120,9 +121,22 @@ def layout_header(layout: Layout, references: Sequence[str] = (), max_lifetime: 
     )
 
 
+# The parts of the prelude an operation needs besides _lib.lua: each script runs its
+# whole prelude on every call, so a script carries only what it uses.
+PRELUDE_PARTS: dict[str, tuple[str, ...]] = {
+    "create": ("_data",),
+    "set": ("_data",),
+    "upgrade": ("_data",),
+    "kill_by": ("_data",),
+    "killsoid": ("_devices",),
+    "devices": ("_devices",),
+}
+
+
 def script_source(operation: str, header: str) -> str:
     """The full Lua text of one operation (header + prelude + body)."""
-    return f"{header}{_lua_file('_lib')}\n{_lua_file(operation)}"
+    parts = [_lua_file(name) for name in ("_lib", *PRELUDE_PARTS.get(operation, ()))]
+    return header + "\n".join(parts) + "\n" + _lua_file(operation)
 
 
 @dataclass(slots=True)

@@ -22,6 +22,7 @@ from aiohttp.typedefs import Middleware
 
 from cached_sessions import RedisSessions
 from cached_sessions.errors import UsageError
+from cached_sessions.store import DEFAULT_ANONYMOUS_TTL
 from cached_sessions.web import csrf
 from cached_sessions.web.commit import commit, deliver_events
 from cached_sessions.web.errors import (
@@ -107,6 +108,7 @@ async def _load(state: RequestState, request: web.Request) -> Session:
         client_ip=request.remote or "unknown",
         ttl=options.ttl_for(request),
         cookie_header=headers.get(hdrs.COOKIE),
+        user_agent=headers.get(hdrs.USER_AGENT),
     )
     state.exchange = exchange
     session = await load_session(options, request, exchange, headers.get(hdrs.AUTHORIZATION))
@@ -276,12 +278,19 @@ def setup_sessions(
     valid: ValidHook | None = None,
     before_save: BeforeSaveHook | None = None,
     references: Sequence[str] = (),
+    anonymous_data: bool = True,
+    anonymous_ttl: int = DEFAULT_ANONYMOUS_TTL,
     fail_fast: bool = False,
 ) -> SessionEvents:
     """Install the middleware, tie the store's lifetime to the app's; returns its events.
 
     Cookie names default to `__Host-sid` and `__Host-csrf` (with `secure` and no
     `domain`), which no sibling subdomain can plant; see `default_cookie_names`.
+
+    With `anonymous_data` (the default) a visitor's first write stores a session that
+    belongs to no user, living `anonymous_ttl` seconds idle; without, writing to an
+    anonymous session raises AnonymousSessionError. See docs/sessions.md.
+
     A Redis unreachable at start-up gives 503s until it answers; with `fail_fast`,
     start-up ends the process instead (SystemExit with a one-line message).
     """
@@ -310,6 +319,8 @@ def setup_sessions(
         valid=valid,
         before_save=before_save,
         references=references,
+        anonymous_data=anonymous_data,
+        anonymous_ttl=anonymous_ttl,
         fail_fast=fail_fast,
     )
     app[CONFIG_KEY] = options

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cached_sessions import RedisSessions
 from cached_sessions.errors import UsageError
+from cached_sessions.store import DEFAULT_ANONYMOUS_TTL
 from cached_sessions.web import csrf
 from cached_sessions.web.commit import commit, deliver_events
 from cached_sessions.web.errors import (
@@ -105,6 +106,7 @@ async def _load(state: RequestState, request: HTTPConnection) -> Session:
         client_ip=client.host if client else "unknown",
         ttl=options.ttl_for(request),
         cookie_header="; ".join(cookies) if cookies else None,
+        user_agent=headers.get("user-agent"),
     )
     state.exchange = exchange
     session = await load_session(options, request, exchange, headers.get("authorization"))
@@ -148,6 +150,8 @@ class SessionMiddleware:
         valid: ValidHook | None = None,
         before_save: BeforeSaveHook | None = None,
         references: Sequence[str] = (),
+        anonymous_data: bool = True,
+        anonymous_ttl: int = DEFAULT_ANONYMOUS_TTL,
         events: SessionEvents | None = None,
         fail_fast: bool = False,
     ) -> None:
@@ -177,6 +181,8 @@ class SessionMiddleware:
             valid=valid,
             before_save=before_save,
             references=references,
+            anonymous_data=anonymous_data,
+            anonymous_ttl=anonymous_ttl,
             fail_fast=fail_fast,
         )
 

@@ -18,11 +18,15 @@ from .errors import (
     UsageError,
 )
 from .keys import ClusterLayout, KeyLayout
+from .model import Device
 from .store import RedisSessions, SessionDict
+from .validation import ANONYMOUS_ID
 
 __all__ = [
+    "ANONYMOUS_ID",
     "ClusterLayout",
     "ConfigurationError",
+    "Device",
     "EmbeddedServer",
     "IncompleteKillError",
     "InvalidFormatError",

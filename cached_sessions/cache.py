@@ -18,7 +18,9 @@ When an entry may be served (invariant 1 of the design brief):
 * the expiry that Redis knows (`deadline`) is more than `guard` seconds away, where
   `guard` covers the touch interval. A session near its end is read from Redis, whose
   read also slides it, so a session in active use never expires because it was served
-  from here, and an expired one is never served.
+  from here, and an expired one is never served. With an absolute lifetime (the
+  store's `max_lifetime`) the deadline never passes the session's end (`end`), which
+  no touch moves.
 
 Hits are activity: each one is counted on its entry and listed in `dirty`, which the
 touch flusher (touch.py) drains in batches.
@@ -27,7 +29,9 @@ touch flusher (touch.py) drains in batches.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -42,14 +46,15 @@ log = logging.getLogger(__name__)
 
 Fetch = Callable[[], Awaitable[Fetched]]
 Key = tuple[str, str]  # (app, token)
+NO_END: Final = math.inf  # an entry's `end` when the store has no max_lifetime
 
 
 class CachedEntry:
     """One cached session: its fields, the hits not yet written, and its deadline."""
 
     __slots__ = (
-        "app", "data", "deadline", "id", "ip", "last_access", "no_resave", "pending", "r",
-        "token", "ttl", "w",
+        "app", "data", "deadline", "end", "id", "ip", "last_access", "nested", "no_resave",
+        "pending", "r", "token", "ttl", "w",
     )  # fmt: skip
 
     def __init__(self, app: str, token: str, session: SessionDict, started: float) -> None:
@@ -62,9 +67,16 @@ class CachedEntry:
         self.ttl = session["ttl"]  # remaining for no_resave, full otherwise
         self.no_resave = session.get("no_resave", False)
         self.data: dict[str, Any] | None = session.get("d")
+        # A list or an object in `d` is copied deeply on each hit; flat data, shallowly.
+        self.nested = self.data is not None and any(
+            isinstance(value, list | dict) for value in self.data.values()
+        )
         self.last_access = started
+        # The absolute end (max_lifetime), which no touch moves; inf without one.
+        ends_in = session.get("ends_in")
+        self.end = NO_END if ends_in is None else started + ends_in
         # The fetch's own read moved Redis' expiry to (at least) this point.
-        self.deadline = started + self.ttl
+        self.deadline = min(started + self.ttl, self.end)
         self.pending = 0
 
     def view(self, now: float) -> SessionDict:
@@ -78,9 +90,12 @@ class CachedEntry:
             "ip": self.ip,
         }
         if self.data is not None:
-            session["d"] = self.data.copy()  # values are scalars: a shallow copy suffices
+            # Scalars are immutable: a shallow copy suffices unless a value nests.
+            session["d"] = copy.deepcopy(self.data) if self.nested else self.data.copy()
         if self.no_resave:
             session["no_resave"] = True
+        if self.end != NO_END:
+            session["ends_in"] = int(self.end - now)
         return session
 
 
@@ -239,14 +254,22 @@ class SessionCache:
         self._forget((app, token))
 
     def drop_where(
-        self, app: str, id: str | None = None, *, field: str | None = None, value: Any = None
+        self,
+        app: str,
+        id: str | None = None,
+        *,
+        field: str | None = None,
+        value: Any = None,
+        spare: str | None = None,
     ) -> None:
-        """This process killed every session of an app, of one id, or of one reference."""
+        """This process killed every session of an app, of one id, or of one reference
+        (all but the one of token `spare`)."""
         with self._entries.timer:
             doomed = [
                 key
                 for key, entry in self._entries.items()
                 if entry.app == app
+                and key[1] != spare
                 and (id is None or entry.id == id)
                 and (field is None or (entry.data or {}).get(field) == value)
             ]
@@ -301,7 +324,7 @@ class SessionCache:
     def touched(self, entry: CachedEntry, last_access: float) -> None:
         """Redis now knows of reads up to `last_access`: the deadline moves."""
         if not entry.no_resave:
-            entry.deadline = max(entry.deadline, last_access + entry.ttl)
+            entry.deadline = min(max(entry.deadline, last_access + entry.ttl), entry.end)
 
     def untouched(self, entry: CachedEntry, reads: int) -> None:
         """A touch could not be written: keep its reads for the next batch."""
@@ -334,5 +357,7 @@ def _copy(session: Fetched) -> Fetched:
         return session
     copied = session.copy()
     if "d" in session:
-        copied["d"] = session["d"].copy()
+        data = session["d"]
+        nested = any(isinstance(value, list | dict) for value in data.values())
+        copied["d"] = copy.deepcopy(data) if nested else data.copy()
     return copied

@@ -13,8 +13,10 @@ __all__ = [
     "FOUND",
     "MAX_DATA_DEPTH",
     "MISSING",
+    "Device",
     "Fetched",
     "SessionDict",
+    "device_from_reply",
     "session_from_reply",
 ]
 
@@ -29,7 +31,8 @@ EXPIRED: Final = "expired"
 
 
 class SessionDict(TypedDict):
-    """A session: `d` only when it holds data, `no_resave` only when set."""
+    """A session: `d` only when it holds data, `no_resave` only when set, `ends_in`
+    (seconds left before its absolute end) only when the store has a `max_lifetime`."""
 
     id: str
     r: int
@@ -39,6 +42,24 @@ class SessionDict(TypedDict):
     ip: str
     d: NotRequired[dict[str, Any]]
     no_resave: NotRequired[bool]
+    ends_in: NotRequired[int]
+
+
+class Device(TypedDict):
+    """One live session of a user, as a device list shows it.
+
+    `handle` names it for `revoke` without being a credential: it cannot be used as a
+    token, and it names a session only among its own user's. `created` and
+    `user_agent` are None for a session written by another library (Node).
+    """
+
+    handle: str
+    current: bool
+    created: int | None
+    last_active: int
+    idle: int
+    ip: str
+    user_agent: str | None
 
 
 # What one read of Redis gives: the session, EXPIRED, or None (unknown or killed).
@@ -87,8 +108,9 @@ def nesting_depth(value: object) -> int:
 
 
 def session_from_reply(raw: Sequence[Any]) -> SessionDict:
-    """Scripts reply {id, r, w, ttl, idle, ip, d or nil, no_resave 0|1} (see _lib.lua)."""
-    id, r, w, ttl, idle, ip, data, no_resave = raw
+    """Scripts reply {id, r, w, ttl, idle, ip, d or nil, no_resave 0|1, ends or nil}
+    (see _lib.lua)."""
+    id, r, w, ttl, idle, ip, data, no_resave = raw[:8]
     session: SessionDict = {
         "id": _text(id),
         "r": int(r),
@@ -101,4 +123,20 @@ def session_from_reply(raw: Sequence[Any]) -> SessionDict:
         session["d"] = _stored_data(data, session["id"])
     if int(no_resave):
         session["no_resave"] = True
+    if len(raw) > 8 and raw[8] is not None:
+        session["ends_in"] = int(raw[8])
     return session
+
+
+def device_from_reply(raw: Sequence[Any]) -> Device:
+    """devices.lua replies {handle, current 0|1, created or nil, la, ip, ua or nil, idle}."""
+    handle, current, created, la, ip, user_agent, idle = raw
+    return {
+        "handle": _text(handle),
+        "current": bool(int(current)),
+        "created": None if created is None else int(created),
+        "last_active": int(la),
+        "idle": int(idle),
+        "ip": _text(ip),
+        "user_agent": None if user_agent is None else _text(user_agent),
+    }

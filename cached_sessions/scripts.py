@@ -1,10 +1,11 @@
 """One server-side Lua script per operation, loaded once per client.
 
 Each script is a header with the layout's key templates and the indexed reference
-fields (so that no call has to send them), the shared prelude (`lua/_lib.lua`), then
-the operation's body. Calls go out as EVALSHA; after a NOSCRIPT reply (a restarted,
-flushed or newly promoted server) the script is loaded again (on a cluster, on every
-primary) and the call repeated, so callers never see that error.
+fields (so that no call has to send them), the shared prelude (`lua/_lib.lua`, and the
+parts of it only some operations need), then the operation's body. Calls go out as
+EVALSHA; after a NOSCRIPT reply (a restarted, flushed or newly promoted server) the
+script is loaded again (on a cluster, on every primary) and the call repeated, so
+callers never see that error.
 
 On a cluster, redis-py routes each call by its first key and follows MOVED, ASK and
 TRYAGAIN; a pipeline goes out as one batch per node, the nodes at once. A script there
@@ -44,6 +45,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import NotDurableError
 from .keys import TEMPLATE_ORDER, Layout
 from .slots import ConnectionSlots
+from .validation import ANONYMOUS_ID
 
 __all__ = ["OPERATIONS", "Client", "Durability", "Scripts", "script_source"]
 
@@ -87,7 +89,7 @@ def _in_migration(error: BaseException) -> bool:
 
 OPERATIONS = (
     "create", "get", "set", "kill", "killall", "killsoid", "soid", "soapp", "wipe", "touch",
-    "kill_by",
+    "kill_by", "upgrade", "devices",
 )  # fmt: skip
 
 
@@ -104,7 +106,7 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in text.encode()) + '"'
 
 
-def layout_header(layout: Layout, references: Sequence[str] = ()) -> str:
+def layout_header(layout: Layout, references: Sequence[str] = (), max_lifetime: int = 0) -> str:
     fields = ", ".join(
         f"{name} = {_lua_string(t)}"
         for name, t in zip(TEMPLATE_ORDER, layout.templates(), strict=True)
@@ -114,13 +116,27 @@ def layout_header(layout: Layout, references: Sequence[str] = ()) -> str:
     strict = "true" if layout.strict else "false"
     return (
         f"local L = {{{fields}, publish = {publish}, strict = {strict}, "
-        f"references = {{{indexed}}}}}\n"
+        f"references = {{{indexed}}}, anonymous = {_lua_string(ANONYMOUS_ID)}, "
+        f"max_lifetime = {int(max_lifetime)}}}\n"
     )
+
+
+# The parts of the prelude an operation needs besides _lib.lua: each script runs its
+# whole prelude on every call, so a script carries only what it uses.
+PRELUDE_PARTS: dict[str, tuple[str, ...]] = {
+    "create": ("_data",),
+    "set": ("_data",),
+    "upgrade": ("_data",),
+    "kill_by": ("_data",),
+    "killsoid": ("_devices",),
+    "devices": ("_devices",),
+}
 
 
 def script_source(operation: str, header: str) -> str:
     """The full Lua text of one operation (header + prelude + body)."""
-    return f"{header}{_lua_file('_lib')}\n{_lua_file(operation)}"
+    parts = [_lua_file(name) for name in ("_lib", *PRELUDE_PARTS.get(operation, ()))]
+    return header + "\n".join(parts) + "\n" + _lua_file(operation)
 
 
 @dataclass(slots=True)
@@ -156,9 +172,11 @@ class Scripts:
         layout: Layout,
         slots: ConnectionSlots,
         references: Sequence[str] = (),
+        max_lifetime: int = 0,
     ) -> Scripts:
-        """`references`: the data keys whose values the scripts index (kill_by)."""
-        header = layout_header(layout, references)
+        """`references`: the data keys whose values the scripts index (kill_by);
+        `max_lifetime`: seconds after creation when every session ends (0: never)."""
+        header = layout_header(layout, references, max_lifetime)
         scripts = {op: AsyncScript(client, script_source(op, header)) for op in OPERATIONS}
         return cls(_client=client, _scripts=scripts, slots=slots)
 

@@ -11,6 +11,8 @@ import asyncio
 import logging
 import math
 import os
+import re
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
@@ -30,6 +32,7 @@ from .embedded import EmbeddedServer
 from .errors import (
     ConfigurationError,
     IncompleteKillError,
+    InvalidFormatError,
     InvalidValueError,
     MissingParameterError,
     SessionsClosedError,
@@ -39,14 +42,26 @@ from .errors import (
 )
 from .invalidation import Subscriber, raise_if_cancelling, routes_for
 from .keys import DEFAULT_BUCKETS, ClusterLayout, KeyLayout, Layout, check_buckets
-from .model import EXPIRED, FOUND, MISSING, Fetched, SessionDict, session_from_reply
+from .model import (
+    EXPIRED,
+    FOUND,
+    MISSING,
+    Device,
+    Fetched,
+    SessionDict,
+    device_from_reply,
+    session_from_reply,
+)
 from .scripts import Client, Durability, Scripts
 from .slots import ConnectionSlots
 from .touch import TouchFlusher
 from .validation import (
+    ANONYMOUS_ID,
     MAX_DATA_BYTES,
     MAX_DATA_KEYS,
+    MAX_TTL,
     MIN_TTL,
+    DataPatch,
     dump_value,
     encode_create_data,
     encode_data_patch,
@@ -58,9 +73,10 @@ from .validation import (
     validate_no_resave,
     validate_token,
     validate_ttl,
+    validate_user_agent,
 )
 
-__all__ = ["RedisSessions", "SessionDict"]
+__all__ = ["DEFAULT_ANONYMOUS_TTL", "Device", "RedisSessions", "SessionDict"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +92,9 @@ MIN_PING_TIMEOUT = 0.5
 TOUCH_MARGIN = 1.0
 CLOSE_FLUSH_TIMEOUT = 2.0
 CLOSE_TASK_TIMEOUT = 5.0
+# How long a session that belongs to no user (data kept before login) lives idle.
+DEFAULT_ANONYMOUS_TTL = 1800
+_HANDLE = re.compile(r"[0-9a-f]{32}")
 STARTUP_RETRY_INTERVAL = 1.0
 # What connecting to a server that is not there raises (a cluster: its own class).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)
@@ -110,6 +129,24 @@ async def _close_with_sentinels(client: Redis) -> None:
             await sentinel.aclose(close_connection_pool=True)
 
 
+def _max_lifetime(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError("max_lifetime must be 0 (off) or a number of seconds (an int)")
+    if value and not MIN_TTL <= value <= MAX_TTL:
+        raise ConfigurationError(f"max_lifetime must be from {MIN_TTL} to {MAX_TTL} seconds, or 0")
+    return value
+
+
+def _validate_handle(handle: object) -> str:
+    if not isinstance(handle, str) or _HANDLE.fullmatch(handle) is None:
+        raise InvalidFormatError("Invalid device handle format")
+    return handle
+
+
+def _patch_or_empty(d: dict[str, Any] | None) -> DataPatch:
+    return encode_data_patch(d) if d else []
+
+
 def _raw_values(d: dict[str, Any]) -> dict[str, str]:
     return {key: dump_value(value) for key, value in d.items() if value is not None}
 
@@ -135,6 +172,10 @@ class RedisSessions:
     With `durable_kills=n`, every kill (kill, killsoid, killall, kill_by) returns only
     once `n` replicas have it, or raises NotDurableError after `durable_wait` seconds,
     so that no failover brings a killed session back.
+
+    With `max_lifetime=n` (seconds; 0, the default, is off) every session ends `n`
+    seconds after its creation however active it is (an absolute timeout besides the
+    idle `ttl`); the cache never serves one past that point.
 
     `clock` returns unix seconds; every operation reads it once. All processes that
     share a Redis must agree on the time (NTP), as with redis-sessions.
@@ -170,6 +211,7 @@ class RedisSessions:
         buckets: int = DEFAULT_BUCKETS,
         durable_kills: int = 0,
         durable_wait: float = 1.0,
+        max_lifetime: int = 0,
     ) -> None:
         if redis is not None and url is not None:
             raise ConfigurationError("pass either redis= or url=, not both")
@@ -198,6 +240,7 @@ class RedisSessions:
             ClusterLayout(namespace, buckets) if on_cluster else KeyLayout(namespace)
         )
         self._clock = clock
+        self._max_lifetime = _max_lifetime(max_lifetime)
         self._batch = batch
         # Every call of this store holds a slot and a deadline (slots.py).
         self._slots = ConnectionSlots(max_connections, _seconds("redis_timeout", redis_timeout))
@@ -239,6 +282,11 @@ class RedisSessions:
     @property
     def layout(self) -> Layout:
         return self._layout
+
+    @property
+    def max_lifetime(self) -> int:
+        """Seconds after creation when every session ends (0: no absolute end)."""
+        return self._max_lifetime
 
     @property
     def redis(self) -> Client:
@@ -369,7 +417,9 @@ class RedisSessions:
                 if self._redis is None:  # once: a failed preload retries on this client
                     self._redis = self._given or await self._connect()
                 client = self._redis
-                scripts = Scripts.bind(client, self._layout, self._slots, self._references)
+                scripts = Scripts.bind(
+                    client, self._layout, self._slots, self._references, self._max_lifetime
+                )
                 await scripts.preload()
                 self._start_tasks(client, scripts)
                 self._scripts = scripts
@@ -438,30 +488,160 @@ class RedisSessions:
         ttl: int = 7200,
         d: dict[str, Any] | None = None,
         no_resave: bool = False,
+        user_agent: str = "",
     ) -> dict[str, str]:
-        """Create a session for `id`; returns `{"token": ...}`."""
+        """Create a session for `id`; returns `{"token": ...}`. `user_agent` (at most
+        MAX_USER_AGENT_LENGTH characters) is recorded for the user's device list."""
         app, id, ip = validate_app(app), validate_id(id), validate_ip(ip)
         ttl = validate_ttl(ttl)
         data = encode_create_data(d)
         flag = "1" if validate_no_resave(no_resave) else ""
+        ua = validate_user_agent(user_agent)
+        return {"token": await self._create(app, id, ip, ttl, data, flag, ua, d)}
+
+    async def create_anonymous(
+        self,
+        *,
+        app: str,
+        ip: str,
+        d: dict[str, Any],
+        ttl: int = DEFAULT_ANONYMOUS_TTL,
+        user_agent: str = "",
+    ) -> dict[str, str]:
+        """Create a session that belongs to no user, holding `d` (a visitor's data
+        before login: the page to return to, a cart, a flash message); returns
+        `{"token": ...}`.
+
+        It is in no user's sessions: `soid`, `soapp`, `activity`, `killsoid` and
+        `devices` never see it; `kill`, `killall` and the wipe remove it, and
+        `upgrade` turns it into a user's session, its data kept. Node's redis-sessions
+        reads it as a session of the id ANONYMOUS_ID.
+        """
+        app, ip = validate_app(app), validate_ip(ip)
+        ttl = validate_ttl(ttl)
+        data = encode_create_data(d)
+        if not data:
+            raise MissingParameterError("an anonymous session holds data: d must have a value")
+        ua = validate_user_agent(user_agent)
+        return {"token": await self._create(app, ANONYMOUS_ID, ip, ttl, data, "", ua, d)}
+
+    async def _create(
+        self,
+        app: str,
+        id: str,
+        ip: str,
+        ttl: int,
+        data: str,
+        flag: str,
+        ua: str,
+        d: dict[str, Any] | None,
+    ) -> str:
         scripts = await self._ready()
         layout = self._layout
-        bucket = layout.bucket_of_id(id)
+        anonymous = id == ANONYMOUS_ID
+        # An anonymous session has no user to place it: any bucket, to spread them.
+        bucket = secrets.randbelow(layout.buckets) if anonymous else layout.bucket_of_id(id)
         while True:
             token = layout.new_token(bucket)
             keys = [
                 layout.session(app, token),
                 layout.app_sessions(app, bucket),
                 layout.app_users(app, bucket),
-                layout.user_tokens(app, id),
-                layout.expiry_index(bucket),
             ]
-            args = [self._now(), app, token, id, ip, ttl, data, flag]
+            if not anonymous:
+                keys.append(layout.user_tokens(app, id))
+            keys.append(layout.expiry_index(bucket))
+            args = [self._now(), app, token, id, ip, ttl, data, flag, ua]
             if layout.strict and data:
                 keys += self._reference_keys(app, token, _raw_values(d or {}))
             # 0 only if the token already exists: draw another rather than overwrite.
             if await scripts.run("create", keys, args):
-                return {"token": token}
+                return token
+
+    async def upgrade(
+        self,
+        *,
+        app: str,
+        token: str | None,
+        id: str,
+        ip: str,
+        ttl: int = 7200,
+        d: dict[str, Any] | None = None,
+        keep: bool = True,
+        no_resave: bool = False,
+        user_agent: str = "",
+    ) -> dict[str, Any]:
+        """Log in: a new session for `id` replaces the session of `token` (None: none);
+        returns `{"token": <the new token>, "session": <the new session>}`.
+
+        With `keep`, the new session starts with the old one's data, when the old one
+        is anonymous or of the same id (one user's data never passes to another), and
+        `d` (None removes a key) is merged over it: the new session's own keys win.
+        Without, it holds `d` alone. The new token is always new (a token known
+        before a login never gains the user's rights).
+
+        One script creates the new session, removes the old one and publishes both
+        invalidations: a failure leaves the old session as it was. On a cluster, when
+        the two live in different slots (most logins), the old one is removed first,
+        its data read in the same script, then the new one is created: a failure
+        between them leaves no session (a login to do again), never two.
+        """
+        app, id, ip = validate_app(app), validate_id(id), validate_ip(ip)
+        if token is not None:
+            token = validate_token(token)
+        ttl = validate_ttl(ttl)
+        flag = "1" if validate_no_resave(no_resave) else ""
+        ua = validate_user_agent(user_agent)
+        if not isinstance(keep, bool):
+            raise InvalidValueError("keep must be a boolean")
+        patch = _patch_or_empty(d)
+        scripts = await self._ready()
+        layout = self._layout
+        bucket = layout.bucket_of_id(id)
+        base, together = "", token is not None and layout.bucket_of_token(token) == bucket
+        if token is not None and not together:
+            base = await self._take(scripts, app, token, id if keep else None)
+        while True:
+            new = layout.new_token(bucket)
+            keys = [
+                layout.session(app, new),
+                layout.app_sessions(app, bucket),
+                layout.app_users(app, bucket),
+                layout.expiry_index(bucket),
+                layout.user_tokens(app, id),
+            ]
+            if together:
+                keys.append(layout.session(app, token or ""))
+            old = token if together else ""
+            args: list[Any] = [self._now(), app, new, id, ip, ttl, flag, ua]
+            args += ["1" if keep else "", old, base, MAX_DATA_BYTES, MAX_DATA_KEYS]
+            for triple in patch:
+                args.extend(triple)
+            try:
+                raw = await scripts.run("upgrade", keys, args)
+            except ResponseError as error:
+                raise self._set_error(error) from None
+            finally:
+                if together and token is not None:
+                    self._drop(app, token)
+            if raw != 0:
+                return {"token": new, "session": session_from_reply(raw)}
+
+    async def _take(self, scripts: Scripts, app: str, token: str, keep_for: str | None) -> str:
+        """Kill the session of `token`; its data, when `keep_for` (an id) may have it."""
+        try:
+            keys = self._layout.token_keys(app, token)
+            bucket = self._layout.bucket_of_token(token)
+            args = [self._now(), app, token, "1"]
+            live, id, data = await self._kill_call(scripts, bucket, "kill", keys, args)
+        finally:
+            self._drop(app, token)
+        owner = None if id is None else (id.decode() if isinstance(id, bytes) else str(id))
+        if not int(live) or data is None or keep_for is None:
+            return ""
+        if owner not in (ANONYMOUS_ID, keep_for):
+            return ""
+        return data.decode() if isinstance(data, bytes) else str(data)
 
     async def get(self, *, app: str, token: str) -> SessionDict | None:
         """The session, or None when it is unknown, expired or killed.
@@ -546,7 +726,7 @@ class RedisSessions:
             bucket = self._layout.bucket_of_token(token)
             keys = self._layout.token_keys(app, token)
             known = self._cache.known_id(app, token) if self._cache is not None else None
-            if self._layout.strict and known is not None:
+            if self._layout.strict and known not in (None, ANONYMOUS_ID):
                 # The user's token set, which the script would ask for: one round trip
                 # less. Only a hint: the script checks the session's own id.
                 keys.append(self._layout.user_tokens(app, known))
@@ -579,17 +759,7 @@ class RedisSessions:
     async def killsoid(self, *, app: str, id: str) -> dict[str, int]:
         """Kill every session of one id ("log out everywhere")."""
         app, id = validate_app(app), validate_id(id)
-        scripts = await self._ready()
-        keys = [self._layout.user_tokens(app, id)]
-        try:
-            bucket = self._layout.bucket_of_id(id)
-            killed = await self._kill_call(
-                scripts, bucket, "killsoid", keys, [self._now(), app, id]
-            )
-        finally:
-            if self._cache is not None:
-                self._cache.drop_where(app, id)
-        return {"kill": int(killed)}
+        return await self._kill_user(app, id, keep="", handle="")
 
     async def kill_by(
         self, *, app: str, field: str, value: str | int | float | bool
@@ -608,6 +778,8 @@ class RedisSessions:
             )
         if value is None:
             raise MissingParameterError("No value supplied")
+        if isinstance(value, list | dict):
+            raise InvalidValueError("kill_by takes a string, a number or a boolean")
         validate_data_item(field, value)
         raw = dump_value(value)
         scripts = await self._ready()
@@ -623,6 +795,42 @@ class RedisSessions:
             if self._cache is not None:
                 self._cache.drop_where(app, field=field, value=value)
         return {"kill": total}
+
+    async def devices(self, *, app: str, id: str, current: str | None = None) -> list[Device]:
+        """The live sessions of one id as devices (see model.Device), oldest first;
+        `current` (a token) marks the one it belongs to. Listing them is not activity."""
+        app, id = validate_app(app), validate_id(id)
+        mine = "" if current is None else validate_token(current)
+        scripts = await self._ready()
+        keys = [self._layout.user_tokens(app, id)]
+        raw = await scripts.run("devices", keys, [self._now(), app, id, mine])
+        found = [device_from_reply(item) for item in raw]
+        return sorted(found, key=lambda device: (device["created"] or 0, device["handle"]))
+
+    async def revoke(self, *, app: str, id: str, handle: str) -> dict[str, int]:
+        """Kill the session of `id` that `handle` names (a handle from `devices`);
+        a handle of another id's session kills nothing."""
+        app, id, handle = validate_app(app), validate_id(id), _validate_handle(handle)
+        return await self._kill_user(app, id, keep="", handle=handle)
+
+    async def kill_others(self, *, app: str, id: str, token: str) -> dict[str, int]:
+        """Kill every session of `id` but the one of `token` ("log out my other
+        devices"), in one script, so a login racing with it is either killed or kept
+        whole."""
+        app, id, token = validate_app(app), validate_id(id), validate_token(token)
+        return await self._kill_user(app, id, keep=token, handle="")
+
+    async def _kill_user(self, app: str, id: str, *, keep: str, handle: str) -> dict[str, int]:
+        scripts = await self._ready()
+        keys = [self._layout.user_tokens(app, id)]
+        try:
+            bucket = self._layout.bucket_of_id(id)
+            args = [self._now(), app, id, keep, handle]
+            killed = await self._kill_call(scripts, bucket, "killsoid", keys, args)
+        finally:
+            if self._cache is not None:
+                self._cache.drop_where(app, id, spare=keep or None)
+        return {"kill": int(killed)}
 
     async def soid(self, *, app: str, id: str) -> dict[str, list[SessionDict]]:
         """The live sessions of one id. Listing them is not activity."""
@@ -656,8 +864,15 @@ class RedisSessions:
         pipe = scripts.pipeline()
         for bucket in range(self._layout.buckets):
             pipe.zcount(self._layout.app_users(app, bucket), since, "+inf")
-        counts = await self._slots.call(pipe.execute)
-        return {"activity": sum(int(count) for count in counts)}
+        if not self._layout.cluster:
+            # Node's redis-sessions, reading an anonymous session, lists its id as a
+            # user: it is no user, and is not counted.
+            pipe.zscore(self._layout.app_users(app), ANONYMOUS_ID)
+        replies = await self._slots.call(pipe.execute)
+        count = sum(int(count) for count in replies[: self._layout.buckets])
+        if not self._layout.cluster and replies[-1] is not None and replies[-1] >= since:
+            count -= 1
+        return {"activity": count}
 
     async def ping(self) -> str:
         await self._ready()
@@ -801,8 +1016,8 @@ class RedisSessions:
             )
         if message.startswith("STORED_DATA_NOT_FLAT"):
             return StoredDataError(
-                "the stored d is not a flat JSON object of scalars, so it cannot be merged "
-                "without changing it (nothing was written)"
+                "the stored d is not a JSON object this library can read as members, so "
+                "it cannot be merged without changing it (nothing was written)"
             )
         if message.startswith(("STORED_DATA_TOO_MANY_KEYS", "STORED_DATA_TOO_LARGE")):
             return StoredDataError(

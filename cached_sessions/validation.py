@@ -5,8 +5,9 @@ three deliberate differences, each because the original loses data or time:
 
 * `id` is checked by length and a character class, in linear time; the original's
   pattern backtracks catastrophically on long input.
-* integers in `d` must be exact in a JavaScript number (|n| <= 2**53 - 1), and floats
-  finite, so every value written by Python reads back equal in Node and in Python.
+* integers in `d` must be exact in a JavaScript number (|n| <= 2**53 - 1) at any depth
+  of a list or object, and floats finite, so every value written by Python reads back
+  equal in Node and in Python. Lists and objects nest at most MAX_DATA_DEPTH levels.
   (JSON has one number type: once Node rewrites `d`, a whole float such as 2.0 comes
   back as the int 2, equal but of another type.)
 * the serialized `d` is bounded (`MAX_DATA_BYTES`) and so is its number of keys
@@ -24,13 +25,16 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from .errors import InvalidFormatError, InvalidValueError, MissingParameterError
+from .model import MAX_DATA_DEPTH
 
 __all__ = [
+    "ANONYMOUS_ID",
     "MAX_DATA_BYTES",
     "MAX_DATA_KEYS",
     "MAX_ID_LENGTH",
     "MAX_SAFE_INTEGER",
     "MAX_TTL",
+    "MAX_USER_AGENT_LENGTH",
     "MIN_TTL",
     "DataPatch",
     "dump_value",
@@ -44,6 +48,7 @@ __all__ = [
     "validate_no_resave",
     "validate_token",
     "validate_ttl",
+    "validate_user_agent",
 ]
 
 MIN_TTL: Final = 10
@@ -55,8 +60,15 @@ MAX_DATA_BYTES: Final = 64 * 1024
 # writer changed) take about 1.2 µs of Redis time per key at worst, and up to about
 # 1 ms more for 64 KiB dense with escapes. At both caps a set takes 1.5 ms on Valkey 9
 # and 1.8 ms on Redis 7 (2-core VM; `python -m benchmarks.script_cost`): under 2 ms.
+# Lists and objects cost a balanced match and a cjson parse each (in C): a `d` of 500
+# small objects merges in about 1 ms; the worst, 64 KiB of empty lists (21,000 tables
+# for cjson), about 2.5 ms (Valkey 9, same VM).
 MAX_DATA_KEYS: Final = 500
 MAX_SAFE_INTEGER: Final = 2**53 - 1
+MAX_USER_AGENT_LENGTH: Final = 256
+# The id of a session that belongs to no user (data kept before login). No user may
+# have it; Node's redis-sessions reads such a session with this id.
+ANONYMOUS_ID: Final = "_anonymous"
 
 _APP = re.compile(r"[A-Za-z0-9_-]{3,20}")
 _TOKEN = re.compile(r"[A-Za-z0-9]{64}")
@@ -96,7 +108,20 @@ def _text_item(value: object, item: str, max_length: int) -> str:
 
 
 def validate_id(id: object) -> str:
-    return _text_item(id, "id", MAX_ID_LENGTH)
+    id = _text_item(id, "id", MAX_ID_LENGTH)
+    if id == ANONYMOUS_ID:
+        raise InvalidValueError(
+            f"id {ANONYMOUS_ID!r} is reserved for sessions that belong to no user"
+        )
+    return id
+
+
+def validate_user_agent(user_agent: object) -> str:
+    """A user agent to record beside a session ('' for none); the web layer trims what
+    a client sends to fit before it gets here."""
+    if user_agent == "":
+        return ""
+    return _text_item(user_agent, "user agent", MAX_USER_AGENT_LENGTH)
 
 
 def validate_ip(ip: object) -> str:
@@ -129,27 +154,76 @@ def _require_utf8(text: str, message: str) -> None:
         raise InvalidFormatError(message) from None
 
 
+# A JSON string literal, and the brackets it may hold, as JSON escapes.
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_ESCAPED_BRACKETS = str.maketrans({"[": "\\u005b", "]": "\\u005d", "{": "\\u007b", "}": "\\u007d"})
+
+
+def _escape_brackets(match: re.Match[str]) -> str:
+    return match.group().translate(_ESCAPED_BRACKETS)
+
+
 def dump_value(value: Any) -> str:
-    """The JSON text of a value as stored (and as indexed for references)."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    """The JSON text of a value as stored (and as indexed for references).
+
+    Inside a list or an object, brackets in strings are written as JSON escapes (the
+    same value to every reader): the merge script finds where such a value ends with
+    one balanced match in C, which brackets inside strings would throw off.
+    """
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if isinstance(value, list | dict) and '"' in text:
+        text = _JSON_STRING.sub(_escape_brackets, text)
+    return text
 
 
-def _check_value(key: str, value: object) -> None:
+def _dump_object(members: list[tuple[str, str]]) -> str:
+    """The JSON object of (key as JSON, value as JSON) members."""
+    return "{" + ",".join(f"{raw_key}:{raw}" for raw_key, raw in members) + "}"
+
+
+def _check_scalar(path: str, value: object) -> bool:
+    """Whether `value` is a scalar (checked); False for a list or an object."""
     if value is None or isinstance(value, str | bool):
-        return
+        return True
     if isinstance(value, int):
         if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            return
+            return True
         raise InvalidValueError(
-            f"d.{key} is outside the integers a JSON number keeps exact (|n| <= 2**53 - 1)"
+            f"{path} is outside the integers a JSON number keeps exact (|n| <= 2**53 - 1)"
         )
     if isinstance(value, float):
         if math.isfinite(value):
-            return
-        raise InvalidValueError(f"d.{key} must be a finite number")
+            return True
+        raise InvalidValueError(f"{path} must be a finite number")
+    if isinstance(value, list | dict):
+        return False
     raise InvalidValueError(
-        f"d.{key} has a forbidden type. Only strings, numbers, boolean and null are allowed."
+        f"{path} has a forbidden type. Only strings, numbers, booleans, null, lists and "
+        "objects (dicts with string keys) are allowed."
     )
+
+
+def _check_value(key: str, value: object) -> None:
+    """One value of `d`, at any depth: iterative, so no value can exhaust the stack,
+    and bounded by MAX_DATA_DEPTH (`d` itself is level 1), so a cycle is refused too."""
+    pending: list[tuple[str, object, int]] = [(f"d.{key}", value, 2)]
+    while pending:
+        path, item, depth = pending.pop()
+        if _check_scalar(path, item):
+            continue
+        if depth > MAX_DATA_DEPTH:
+            raise InvalidValueError(f"{path} nests deeper than {MAX_DATA_DEPTH} levels")
+        if isinstance(item, list):
+            pending.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
+            continue
+        assert isinstance(item, dict)
+        for name, child in item.items():
+            if not isinstance(name, str):
+                raise InvalidValueError(
+                    f"{path} has a key of type {type(name).__name__}; object keys must be "
+                    "strings (JSON would turn it into one)"
+                )
+            pending.append((f"{path}.{name}", child, depth + 1))
 
 
 def _check_key(key: object) -> str:
@@ -169,8 +243,8 @@ def validate_data_item(key: object, value: object) -> None:
     """The rule for one key of `d`, for code that builds `d` one key at a time."""
     key = _check_key(key)
     _check_value(key, value)
-    if isinstance(value, str):
-        _check_size(dump_value({key: value}))
+    if isinstance(value, str | list | dict):
+        _check_size(_dump_object([(dump_value(key), dump_value(value))]))
 
 
 def _checked_items(d: object) -> list[tuple[str, Any]]:
@@ -209,7 +283,7 @@ def encode_create_data(d: object) -> str:
     kept = {key: value for key, value in _checked_items(d) if value is not None}
     if not kept:
         return ""
-    encoded = dump_value(kept)
+    encoded = _dump_object([(dump_value(key), dump_value(value)) for key, value in kept.items()])
     _check_size(encoded)
     return encoded
 
@@ -226,5 +300,5 @@ def encode_data_patch(d: object) -> DataPatch:
     ]
     # Measured as the object the patch alone would store; the merged result is
     # checked again in the script, where the stored keys are known.
-    _check_size("{" + ",".join(f"{raw_key}:{raw}" for _, raw_key, raw in patch if raw) + "}")
+    _check_size(_dump_object([(raw_key, raw) for _, raw_key, raw in patch if raw]))
     return patch

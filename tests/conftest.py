@@ -30,7 +30,12 @@ from tests.topology import LocalCluster, cluster, healed_cluster, healed_sentine
 __all__ = ["cluster", "healed_cluster", "healed_sentinel", "sentinel"]
 
 # The suites whose tests take the `deployment` fixture on a cluster too.
-CLUSTER_SUITES = frozenset({"test_store", "test_cache", "test_middleware"})
+CLUSTER_SUITES = frozenset(
+    {
+        "test_store", "test_cache", "test_middleware", "test_anonymous", "test_devices",
+        "test_json_values", "test_lifetime",
+    }
+)  # fmt: skip
 
 # The same examples on every run, so that a red build is reproducible; explore with
 # `--hypothesis-seed=random` when hunting for new cases.

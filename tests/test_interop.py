@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from cached_sessions import InvalidFormatError, RedisSessions, SessionDict
+from cached_sessions import ANONYMOUS_ID, InvalidFormatError, RedisSessions, SessionDict
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.interop
@@ -959,3 +959,65 @@ async def test_node_without_cachetime_leaves_python_cache_stale(
         assert rs.cache_stats()["invalidations"] == 1  # its own set's: Node's kill is silent
         await rs.flush_touches()  # the reads of the ghost do not bring it back
         assert await keys_in(redis, namespace) == []
+
+
+# JSON values, anonymous sessions, devices: what Node does with them
+
+
+async def test_node_reads_json_values_python_wrote_and_its_set_refuses_them(
+    live_rs: RedisSessions, node: NodeDriver
+) -> None:
+    data = {
+        "cart": [{"sku": "a-1", "qty": 2, "price": 9.95}, {"sku": "b", "tags": []}],
+        "oauth": {"state": "s", "scopes": ["r", "w"], "exact": 2**53 - 1},
+        "n": 1,
+    }
+    token = (await live_rs.create(app=APP, id="u1", ip="10.0.0.1", ttl=TTL, d=data))["token"]
+    from_node = await node("get", app=APP, token=token)
+    assert typed(from_node["d"]) == typed(data)
+    # Node's set takes scalars only: a list or an object is refused, nothing written.
+    for value in ([1, 2], {"a": 1}):
+        with pytest.raises(NodeError) as refused:
+            await node("set", app=APP, token=token, d={"cart": value})
+        assert refused.value.name == "invalidValue"
+    # A scalar set by Node leaves the lists and objects in place (it rewrites `d`
+    # from its parsed copy, with the same values).
+    set_by_node = await node("set", app=APP, token=token, d={"n": 2})
+    assert typed(set_by_node["d"]) == typed({**data, "n": 2})
+    session = await live_rs.get(app=APP, token=token)
+    assert session is not None and typed(session["d"]) == typed({**data, "n": 2})
+
+
+async def test_node_reads_an_anonymous_session_and_python_keeps_it_no_users(
+    live_rs: RedisSessions, node: NodeDriver, redis: Redis, namespace: str
+) -> None:
+    token = (await live_rs.create_anonymous(app=APP, ip="10.0.0.1", d={"next": "/pay"}))["token"]
+    from_node = await node("get", app=APP, token=token)
+    assert from_node["id"] == ANONYMOUS_ID and from_node["d"] == {"next": "/pay"}
+    assert from_node["ttl"] == 1800
+    # Node lists the id as a user when it reads the session: Python does not count it.
+    assert await live_rs.activity(app=APP, delta_time=600) == {"activity": 0}
+    assert await live_rs.soapp(app=APP, delta_time=600) == {"sessions": []}
+    upgraded = await live_rs.upgrade(app=APP, token=token, id="u1", ip="10.0.0.1", ttl=TTL)
+    assert (await node("get", app=APP, token=token)) is None
+    from_node = await node("get", app=APP, token=upgraded["token"])
+    assert from_node["id"] == "u1" and from_node["d"] == {"next": "/pay"}
+    # The anonymous id left the users index with the session.
+    assert await redis.zrange(f"{namespace}:{APP}:_users", 0, -1) == ["u1"]
+    assert await live_rs.activity(app=APP, delta_time=600) == {"activity": 1}
+
+
+async def test_sessions_node_created_are_devices_without_a_creation_time(
+    live_rs: RedisSessions, node: NodeDriver
+) -> None:
+    from_node = (await node("create", app=APP, id="u1", ip="10.0.0.2", ttl=TTL))["token"]
+    from_python = (
+        await live_rs.create(app=APP, id="u1", ip="10.0.0.1", ttl=TTL, user_agent="curl/8")
+    )["token"]
+    devices = await live_rs.devices(app=APP, id="u1", current=from_python)
+    assert [(d["created"] is None, d["user_agent"], d["current"]) for d in devices] == [
+        (True, None, False),
+        (False, "curl/8", True),
+    ]
+    assert await live_rs.kill_others(app=APP, id="u1", token=from_python) == {"kill": 1}
+    assert (await node("get", app=APP, token=from_node)) is None

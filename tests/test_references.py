@@ -120,7 +120,7 @@ async def test_kill_by_in_batches(server: ServerProcess, namespace: str) -> None
 async def test_kill_by_refuses_a_field_that_is_not_indexed(rs: RedisSessions) -> None:
     with pytest.raises(InvalidValueError, match="not an indexed reference"):
         await rs.kill_by(app=APP, field="nope", value=1)
-    with pytest.raises(InvalidValueError, match="forbidden type"):
+    with pytest.raises(InvalidValueError, match="a string, a number or a boolean"):
         await rs.kill_by(app=APP, field="org_id", value=[1])  # type: ignore[arg-type]
 
 
@@ -226,7 +226,7 @@ async def test_kill_by_kills_a_session_whose_data_it_cannot_read(
     nested = await new(rs, "u1", d={"org_id": 7})
     huge = await new(rs, "u2", d={"org_id": 7})
     read = await new(rs, "u3", d={"org_id": 7})
-    await rewrite(redis, namespace, nested, '{"org_id":8,"more":{"a":1}}')
+    await rewrite(redis, namespace, nested, '{"org_id":8,"more":{"a":1}')
     await rewrite(redis, namespace, huge, json.dumps({"org_id": 8, "x": "y" * MAX_DATA_BYTES}))
     await rewrite(redis, namespace, read, '{"org_id":8}')
     assert await rs.kill_by(app=APP, field="org_id", value=7) == {"kill": 2}

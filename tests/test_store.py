@@ -40,8 +40,9 @@ async def keys_of(redis: Redis, namespace: str) -> list[str]:
 class Indexes:
     """The names of the index keys that hold one user's sessions, in any layout."""
 
-    def __init__(self, rs: RedisSessions, id: str) -> None:
-        layout, bucket = rs.layout, rs.layout.bucket_of_id(id)
+    def __init__(self, rs: RedisSessions, id: str, bucket: int | None = None) -> None:
+        layout = rs.layout
+        bucket = layout.bucket_of_id(id) if bucket is None else bucket
         self.sessions = layout.app_sessions(APP, bucket)
         self.users = layout.app_users(APP, bucket)
         self.tokens = layout.user_tokens(APP, id)
@@ -58,6 +59,7 @@ async def test_create_writes_the_redis_sessions_layout(
     now = int(clock.now)
     assert await redis.hgetall(rs.layout.session(APP, token)) == {
         "id": "u:1", "r": "1", "w": "1", "ip": IP, "la": str(now), "ttl": "100", "d": '{"a":1}',
+        "ct": str(now),
     }  # fmt: skip
     index = Indexes(rs, "u:1")
     assert await redis.zrange(index.sessions, 0, -1, withscores=True) == [(f"{token}:u:1", now)]
@@ -198,7 +200,7 @@ async def test_set_refuses_stored_data_it_cannot_merge_exactly(
 ) -> None:
     token = await new(rs)
     key = rs.layout.session(APP, token)
-    await redis.hset(key, "d", '{"nested":{"a":1}}')
+    await redis.hset(key, "d", '{"nested":{"a":1}')
     before = await redis.hgetall(key)
     with pytest.raises(StoredDataError, match="nothing was written"):
         await rs.set(app=APP, token=token, d={"a": 1})

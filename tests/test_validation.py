@@ -68,14 +68,16 @@ NAMES = {M: "missingParameter", F: "invalidFormat", V: "invalidValue"}
         (lambda: encode_data_patch({}), V, "d must contain at least one key"),
         (lambda: encode_create_data({}), V, "d must contain at least one key"),
         (
-            lambda: encode_data_patch({"a": [1]}),
+            lambda: encode_data_patch({"a": (1,)}),
             V,
-            "d.a has a forbidden type. Only strings, numbers, boolean and null are allowed.",
+            "d.a has a forbidden type. Only strings, numbers, booleans, null, lists and "
+            "objects (dicts with string keys) are allowed.",
         ),
         (
-            lambda: encode_data_patch({"n": {"x": 1}}),
+            lambda: encode_data_patch({"n": {"x": {1}}}),
             V,
-            "d.n has a forbidden type. Only strings, numbers, boolean and null are allowed.",
+            "d.n.x has a forbidden type. Only strings, numbers, booleans, null, lists and "
+            "objects (dicts with string keys) are allowed.",
         ),
         (lambda: encode_data_patch({"f": math.nan}), V, "d.f must be a finite number"),
         (lambda: encode_data_patch({"f": math.inf}), V, "d.f must be a finite number"),

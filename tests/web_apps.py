@@ -93,9 +93,11 @@ async def me(session: Session, call: Call) -> Answer:
 
 
 async def login(session: Session, call: Call) -> Answer:
-    """Log in as `user` (alice), with `ttl` if given; `org` (JSON) is stored too."""
+    """Log in as `user` (alice), with `ttl` if given, keeping the data unless `keep=0`;
+    `org` (JSON) is stored too."""
     ttl = call.query.get("ttl")
-    await session.upgrade(call.query.get("user", "alice"), ttl=int(ttl) if ttl else None)
+    keep = call.query.get("keep") != "0"
+    await session.upgrade(call.query.get("user", "alice"), ttl=int(ttl) if ttl else None, keep=keep)
     session["n"] = 0
     if "org" in call.query:
         session["org"] = json.loads(call.query["org"])
@@ -133,7 +135,7 @@ async def change(session: Session, call: Call) -> Answer:
 
 async def bad_value(session: Session, call: Call) -> Answer:
     try:
-        session["bad"] = [1, 2]
+        session["bad"] = [1, 2**53]
     except InvalidInputError as error:
         return Reply({"error": str(error)}, 400)
     return Reply({"error": None})
@@ -175,6 +177,36 @@ async def others(session: Session, call: Call) -> Answer:
     )
 
 
+async def devices(session: Session, call: Call) -> Answer:
+    return Reply({"devices": await session.devices()})
+
+
+async def revoke(session: Session, call: Call) -> Answer:
+    return Reply({"revoked": await session.revoke(call.query["handle"]), "me": session.user_id})
+
+
+async def destroy_others(session: Session, call: Call) -> Answer:
+    return Reply({"killed": await session.destroy_others()})
+
+
+async def flash(session: Session, call: Call) -> Answer:
+    """Flash `message` (in `category` if given), then redirect to the page that shows it."""
+    session.flash(call.query["message"], call.query.get("category", "info"))
+    return Redirect("/flashes")
+
+
+async def flashes(session: Session, call: Call) -> Answer:
+    return Reply({"flashes": session.pop_flashes()})
+
+
+async def save_twice(session: Session, call: Call) -> Answer:
+    """Writes, saves, writes again: one request, at most one session."""
+    session["first"] = 1
+    await session.save()
+    session["second"] = 2
+    return Reply({"token": session.token})
+
+
 ROUTES: dict[str, tuple[list[str], Handler]] = {
     "/me": (ALL_METHODS, me),
     "/login": (["POST"], login),
@@ -188,6 +220,12 @@ ROUTES: dict[str, tuple[list[str], Handler]] = {
     "/logout-everywhere": (["POST"], logout_everywhere),
     "/kill-by": (["POST"], kill_by),
     "/others": (["GET"], others),
+    "/devices": (["GET"], devices),
+    "/revoke": (["POST"], revoke),
+    "/destroy-others": (["POST"], destroy_others),
+    "/flash": (["POST"], flash),
+    "/flashes": (["GET"], flashes),
+    "/save-twice": (["POST"], save_twice),
 }
 
 

@@ -20,77 +20,6 @@ local function fill(template, app, token, id, field, value)
   end))
 end
 
--- The JSON text with every escaped quote or backslash replaced by two plain bytes:
--- same length, same positions, and every '"' left in it is a real string delimiter.
--- Only a text that holds a backslash before a quote needs it (other escapes hold no
--- quote); then it is one pass in C, so no text costs a Lua step per escape.
-local function unescaped(text)
-  if not string.find(text, '\\"', 1, true) then return text end
-  return (string.gsub(text, '\\[\\"]', '__'))
-end
-
--- One member of an object in unescaped text, anchored at its key, with a string or
--- another scalar value: positions past the key and past the value, the separator that
--- follows, and the position past it. Strings are scanned by C, not by Lua steps.
-local STRING_MEMBER = '^"[^"]*"()%s*:%s*"[^"]*"()%s*([,}])%s*()'
-local SCALAR_MEMBER = '^"[^"]*"()%s*:%s*[%w%.%+%-]+()%s*([,}])%s*()'
-
--- The key of a member as JSON.parse reads it, from its raw text, or nil.
-local function decoded_key(raw)
-  local ok, key = pcall(cjson.decode, raw)
-  if ok and type(key) == 'string' then return key end
-  return nil
-end
-
--- The raw value of a member whose key ends before `after_key`.
-local function member_value(text, after_key, after_value)
-  local _, colon = string.find(text, '^%s*:%s*', after_key)
-  return string.sub(text, colon + 1, after_value - 1)
-end
-
--- Splits a flat JSON object (scalar values only) into its members, or returns nil and
--- why not: NOT_FLAT, or TOO_MANY_KEYS past `max_keys` members (nil: no bound). Member
--- i is the raw text from starts[i] to ends[i], so values pass through untouched (cjson
--- would re-encode numbers with 14 significant digits and change them), and runs of
--- members can be copied whole. last[key] is the member that counts for a repeated key
--- (the last, as in JSON.parse); found[key] is its raw value, for the keys in `wanted`.
--- The work is linear in the text: one or two pattern matches per member.
-local function split_object(text, max_keys, wanted)
-  local keys, starts, ends, last, found, n = {}, {}, {}, {}, {}, 0
-  local parsed = {text = text, keys = keys, starts = starts, ends = ends, last = last, found = found, n = 0}
-  local plain, escaped = unescaped(text), string.find(text, '\\', 1, true)
-  local _, at = string.find(plain, '^%s*{%s*')
-  if not at then return nil, 'NOT_FLAT' end
-  at = at + 1
-  if string.find(plain, '^}%s*$', at) then return parsed end
-  -- The kind of value of the member before is tried first: one match per member
-  -- for runs of one kind, two for a member whose kind changes.
-  local first, second = STRING_MEMBER, SCALAR_MEMBER
-  while true do
-    local _, _, after_key, after_value, sep, after = string.find(plain, first, at)
-    if not after_key then
-      _, _, after_key, after_value, sep, after = string.find(plain, second, at)
-      if not after_key then return nil, 'NOT_FLAT' end
-      first, second = second, first
-    end
-    if n == max_keys then return nil, 'TOO_MANY_KEYS' end
-    local key = string.sub(text, at + 1, after_key - 2)
-    if escaped and string.find(key, '\\', 1, true) then
-      key = decoded_key(string.sub(text, at, after_key - 1))
-      if not key then return nil, 'NOT_FLAT' end
-    end
-    n = n + 1
-    keys[n], starts[n], ends[n], last[key] = key, at, after_value - 1, n
-    if wanted and wanted[key] then found[key] = member_value(text, after_key, after_value) end
-    if sep == '}' then
-      if after <= #plain then return nil, 'NOT_FLAT' end
-      parsed.n = n
-      return parsed
-    end
-    at = after
-  end
-end
-
 -- The reference values a session is indexed under live in its hash field `refs`, a
 -- JSON array: the SHA-1 of the `d` they were read from, then field and raw value
 -- pairs. Reading them parses nothing of `d`. A writer that knows nothing of the index
@@ -175,31 +104,63 @@ local function split_member(member)
   return string.sub(member, 1, at - 1), string.sub(member, at + 1)
 end
 
+-- A session that belongs to no user (a visitor's data before login) carries this id:
+-- it is never in a user's token set nor in the users index, so soid, activity and the
+-- per-user kills never see it, while Node's redis-sessions still reads it.
+local ANONYMOUS = L.anonymous
+-- Seconds after its creation (`ct`) when a session ends however active it is; 0: never.
+local LIFETIME = L.max_lifetime
+
 -- The session stored at `key`, or nil when it is absent or expired (logically gone,
--- whatever is still in Redis). `s.ttl` is the stored ttl; `s.left` is what a caller sees.
--- `without_data` leaves `d` in Redis (s.d is nil): removals need only the state, and
--- copying up to the data cap into Lua for nothing would cost them as much as a read.
+-- whatever is still in Redis). `s.ttl` is the stored ttl; `s.left` is what a caller sees;
+-- `s.ends` the seconds left of its absolute lifetime (false: none). `without_data`
+-- leaves `d` in Redis (s.d is nil): removals need only the state, and copying up to
+-- the data cap into Lua for nothing would cost them as much as a read. `ct` is read
+-- only when a lifetime is set, so a read costs nothing more without one.
 local SESSION_FIELDS = {'id', 'r', 'w', 'ttl', 'la', 'ip', 'no_resave', 'd'}
 local STATE_FIELDS = {'id', 'r', 'w', 'ttl', 'la', 'ip', 'no_resave'}
+if LIFETIME > 0 then
+  SESSION_FIELDS[#SESSION_FIELDS + 1] = 'ct'
+  STATE_FIELDS[#STATE_FIELDS + 1] = 'ct'
+end
 
 local function read_session(key, now, without_data)
-  local f = redis.call('HMGET', key, unpack(without_data and STATE_FIELDS or SESSION_FIELDS))
+  local fields = without_data and STATE_FIELDS or SESSION_FIELDS
+  local f = redis.call('HMGET', key, unpack(fields))
   if not f[1] then return nil end
   local ttl, la = tonumber(f[4]), tonumber(f[5])
   if not ttl or not la then return nil end
   local idle = now - la
   if idle > ttl then return nil end
+  local ends = false
+  if LIFETIME > 0 then
+    local ct = tonumber(f[#fields])
+    if ct then
+      ends = ct + LIFETIME - now
+      if ends < 0 then return nil end
+    end
+  end
   local s = {
     key = key, id = f[1], r = tonumber(f[2]) or 0, w = tonumber(f[3]) or 0, ttl = ttl,
     la = la, idle = idle, ip = f[6] or '', no_resave = f[7] == '1',
-    d = not without_data and (f[8] or '') or nil,
+    d = not without_data and (f[8] or '') or nil, ends = ends,
   }
   s.left = s.no_resave and (ttl - idle) or ttl
   return s
 end
 
 local function reply(s)
-  return {s.id, s.r, s.w, s.left, s.idle, s.ip, s.d ~= '' and s.d or false, s.no_resave and 1 or 0}
+  return {
+    s.id, s.r, s.w, s.left, s.idle, s.ip, s.d ~= '' and s.d or false, s.no_resave and 1 or 0,
+    s.ends,
+  }
+end
+
+-- When the expiry index should see the session end, for an access at `now`.
+local function expiry_score(s, now)
+  local score = now + s.left
+  if s.ends and s.ends < s.left then score = now + s.ends end
+  return score
 end
 
 -- Tells every cache to drop the session: PUBLISH, or SPUBLISH on a cluster's bucket.
@@ -222,8 +183,8 @@ local function touch(app, token, s, now, field, value)
   end
   redis.call('HSET', s.key, unpack(fields))
   redis.call('ZADD', fill(L.app_sessions, app), now, fill(L.app_member, app, token, s.id))
-  redis.call('ZADD', fill(L.app_users, app), now, s.id)
-  redis.call('ZADD', fill(L.expiry_index), now + s.left, fill(L.global_member, app, token, s.id))
+  if s.id ~= ANONYMOUS then redis.call('ZADD', fill(L.app_users, app), now, s.id) end
+  redis.call('ZADD', fill(L.expiry_index), expiry_score(s, now), fill(L.global_member, app, token, s.id))
 end
 
 -- The keys `touch` writes besides the session.
@@ -240,7 +201,7 @@ local function need_removal(app, token, id)
   local key = fill(L.session, app, token, id)
   need(key)
   need_touch(app)
-  need(fill(L.user_tokens, app, token, id))
+  if id ~= ANONYMOUS then need(fill(L.user_tokens, app, token, id)) end
   if INDEXING then
     local _, indexed = read_refs(key)
     need_reindex(app, token, indexed, {})
@@ -309,6 +270,13 @@ local function plan_removal(plan, app, token, id)
   plan_delete(plan, key)
   plan_remove(plan, 'ZREM', fill(L.app_sessions, app), fill(L.app_member, app, token, id))
   plan_remove(plan, 'ZREM', fill(L.expiry_index), fill(L.global_member, app, token, id))
+  plan.messages[#plan.messages + 1] = fill(L.message, app, token)
+  if id == ANONYMOUS then
+    -- In no user's set. A read by Node's redis-sessions puts the id in the users index
+    -- (it knows nothing of anonymous sessions): it leaves with the session.
+    plan_remove(plan, 'ZREM', fill(L.app_users, app), id)
+    return
+  end
   local tokens = fill(L.user_tokens, app, token, id)
   local user = plan.users[tokens]
   if not user then
@@ -321,7 +289,6 @@ local function plan_removal(plan, app, token, id)
     if redis.call('SISMEMBER', tokens, token) == 1 then user.left = user.left - 1 end
   end
   plan_remove(plan, 'SREM', tokens, token)
-  plan.messages[#plan.messages + 1] = fill(L.message, app, token)
 end
 
 -- Plans what follows from the removals: a user none of whose tokens remain leaves the
@@ -378,11 +345,6 @@ end
 local REFERENCE_COUNT = 0
 for _ in pairs(L.references) do REFERENCE_COUNT = REFERENCE_COUNT + 1 end
 local SESSION_WORK = 24576 + 4096 * REFERENCE_COUNT
-
--- The most a parse of `bytes` bytes can cost; a member takes at least 6 bytes.
-local function parse_work(bytes, max_keys)
-  return 6 * bytes + 1024 * math.min(max_keys, math.floor(bytes / 6) + 1)
-end
 
 local function batch_size(batch, budget)
   return math.max(1, math.min(batch, math.floor(budget / SESSION_WORK)))

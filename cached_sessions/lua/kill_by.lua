@@ -25,7 +25,7 @@ local function verdict(key)
     current = indexed[field]
   elseif d ~= '' then
     if #d > max_bytes then return 'kill' end
-    local work = parse_work(#d, max_keys)
+    local work = parse_work(d, max_keys)
     if seen > 1 and spent + work > budget then return 'later' end
     spent = spent + work
     local parsed = split_object(d, max_keys, {[field] = true})

@@ -1,9 +1,17 @@
 -- KEYS: user_tokens
--- ARGV: now, app, id
--- Returns the number of live sessions of the id that were killed.
+-- ARGV: now, app, id, keep (a token to spare, or ''), handle (kill only the session of
+--       this device handle, or '' for all)
+-- Returns the number of live sessions of the id that were killed. A handle names a
+-- session only among this id's own: another user's handle kills nothing.
 local now, app, id = tonumber(ARGV[ARG + 1]), ARGV[ARG + 2], ARGV[ARG + 3]
+local keep, handle = ARGV[ARG + 4] or '', ARGV[ARG + 5] or ''
 local killed = 0
-local tokens = redis.call('SMEMBERS', KEYS[1])
+local tokens = {}
+for _, token in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if token ~= keep and (handle == '' or device_handle(token) == handle) then
+    tokens[#tokens + 1] = token
+  end
+end
 for _, token in ipairs(tokens) do need_removal(app, token, id) end
 local missing = undeclared()
 if missing then return missing end

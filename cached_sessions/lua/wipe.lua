@@ -33,7 +33,9 @@ for _, step in ipairs(steps) do
     plan_removal(plan, step.app, step.token, step.id)
     removed = removed + 1
   elseif s.id == step.id then
-    plan_add(plan, KEYS[1], s.la + s.ttl, step.member)
+    local score = s.la + s.ttl
+    if s.ends then score = math.min(score, now + s.ends) end
+    plan_add(plan, KEYS[1], score, step.member)
   else
     plan_remove(plan, 'ZREM', KEYS[1], step.member)
   end

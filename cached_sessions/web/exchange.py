@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import time
 
-from cached_sessions import RedisSessions, SessionDict
+from cached_sessions import Device, RedisSessions, SessionDict
+from cached_sessions.validation import ANONYMOUS_ID, MAX_USER_AGENT_LENGTH
 
 from . import csrf
 from .cookie_header import TooManyCookies, cookie_values
@@ -22,7 +23,16 @@ from .events import SessionEvent, hint
 from .options import SessionOptions
 from .session import Session
 
-__all__ = ["Exchange"]
+__all__ = ["Exchange", "client_user_agent"]
+
+
+def client_user_agent(header: str | None) -> str:
+    """What a client's User-Agent header can be recorded as: bounded, printable, valid
+    UTF-8 ('' without one). A client sends anything; this never refuses."""
+    if not header:
+        return ""
+    text = "".join(char for char in header[:MAX_USER_AGENT_LENGTH] if char.isprintable())
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class Exchange:
@@ -30,7 +40,7 @@ class Exchange:
 
     __slots__ = (
         "_cookie", "_csrf_key", "_csrf_key_new", "app", "bearer_session", "client_ip",
-        "cookie_header", "events", "options", "presented", "ttl",
+        "cookie_header", "events", "options", "presented", "ttl", "user_agent",
     )  # fmt: skip
 
     def __init__(
@@ -41,12 +51,14 @@ class Exchange:
         client_ip: str,
         ttl: int,
         cookie_header: str | None,
+        user_agent: str | None = None,
     ) -> None:
         self.options = options
         self.app = app
         self.client_ip = client_ip[:39]
         self.ttl = ttl
         self.cookie_header = cookie_header
+        self.user_agent = client_user_agent(user_agent)
         self.presented = False  # the request carried a session cookie
         self.bearer_session = False  # it authenticated with a bearer token that was found
         self.events: list[SessionEvent] = []
@@ -58,6 +70,11 @@ class Exchange:
     @property
     def store(self) -> RedisSessions:
         return self.options.store
+
+    @property
+    def anonymous_data(self) -> bool:
+        """Whether an anonymous visitor's writes are kept (the app's option)."""
+        return self.options.anonymous_data
 
     # Cookies and events
 
@@ -132,7 +149,10 @@ class Exchange:
 
     async def save(self, session: Session) -> None:
         token = session.token
-        if token is None or session.save_policy == "never":
+        if session.save_policy == "never":
+            return
+        if token is None:
+            await self._save_anonymous(session)
             return
         changes = session._take_changes()
         if not changes:
@@ -146,20 +166,55 @@ class Exchange:
             raise
         self._adopt(session, stored)
 
+    async def _save_anonymous(self, session: Session) -> None:
+        """An anonymous visitor's first saved write: a session of no user's, with its
+        own ttl. At most one per request: once made, the session has a token."""
+        changes = session._take_changes()
+        kept = {key: value for key, value in changes.items() if value is not None}
+        if not kept:
+            return
+        try:
+            created = await self.store.create_anonymous(
+                app=self.app,
+                ip=self.client_ip,
+                d=kept,
+                ttl=self.options.anonymous_ttl,
+                user_agent=self.user_agent,
+            )
+        except BaseException:
+            session._restore_changes(changes)
+            raise
+        token = created["token"]
+        session._log_in(_fresh(kept, self.client_ip, self.options.anonymous_ttl), token)
+        self.set_cookie(token)
+        self.note("created", "first write of an anonymous visitor", token)
+
     async def reload(self, session: Session) -> None:
         session._drop_changes()
         if session.token is not None:
             self._adopt(session, await self.store.get(app=self.app, token=session.token))
 
-    async def upgrade(self, session: Session, user_id: str, ttl: int | None) -> None:
-        created = await self.store.create(
-            app=self.app, id=user_id, ip=self.client_ip, ttl=self.ttl if ttl is None else ttl
-        )
-        old, token = session.token, created["token"]
-        session._log_in(await self.store.get(app=self.app, token=token), token)
+    async def upgrade(self, session: Session, user_id: str, ttl: int | None, keep: bool) -> None:
+        old = session.token
+        changes = session._take_changes()
+        try:
+            upgraded = await self.store.upgrade(
+                app=self.app,
+                token=old,
+                id=user_id,
+                ip=self.client_ip,
+                ttl=self.ttl if ttl is None else ttl,
+                d=changes if keep else None,
+                keep=keep,
+                user_agent=self.user_agent,
+            )
+        except BaseException:
+            session._restore_changes(changes)
+            raise
+        token = upgraded["token"]
+        session._log_in(upgraded["session"], token)
         self.set_cookie(token)
         if old is not None:
-            await self.store.kill(app=self.app, token=old)
             self.note("destroyed", "replaced by a new login", old, user_id)
         self.note("created", "upgrade", token, user_id)
 
@@ -173,7 +228,36 @@ class Exchange:
         self._refuse_if_unavailable(session, "log out everywhere")
         if session.user_id is not None:
             await self.store.killsoid(app=self.app, id=session.user_id)
+        elif session.token is not None:  # an anonymous visitor's data: its one session
+            await self.store.kill(app=self.app, token=session.token)
         self._ended(session, "logout everywhere")
+
+    async def destroy_others(self, session: Session) -> int:
+        self._refuse_if_unavailable(session, "log out the other devices")
+        user_id, token = session.user_id, session.token
+        if user_id is None or token is None:
+            return 0
+        killed: int = (await self.store.kill_others(app=self.app, id=user_id, token=token))["kill"]
+        return killed
+
+    async def devices(self, session: Session) -> list[Device]:
+        user_id = session.user_id
+        if user_id is None:
+            return []
+        return await self.store.devices(app=self.app, id=user_id, current=session.token)
+
+    async def revoke(self, session: Session, handle: str) -> bool:
+        self._refuse_if_unavailable(session, "log out a device")
+        user_id = session.user_id
+        if user_id is None:
+            return False
+        killed = (await self.store.revoke(app=self.app, id=user_id, handle=handle))["kill"]
+        if killed and session.token is not None:
+            # This session's own handle? Then this request goes on anonymous.
+            mine = await self.store.devices(app=self.app, id=user_id, current=session.token)
+            if not any(device["current"] for device in mine):
+                self._ended(session, "revoked from the device list")
+        return bool(killed)
 
     async def kill_by(self, session: Session, field: str, value: str | int | float | bool) -> int:
         killed: int = (await self.store.kill_by(app=self.app, field=field, value=value))["kill"]
@@ -212,3 +296,8 @@ class Exchange:
             self.clear_cookie()
         else:
             session._adopt(stored)
+
+
+def _fresh(data: dict[str, object], ip: str, ttl: int) -> SessionDict:
+    """What a session just created with `data` holds (no read needed to know it)."""
+    return {"id": ANONYMOUS_ID, "r": 1, "w": 1, "ttl": ttl, "idle": 0, "ip": ip, "d": data}

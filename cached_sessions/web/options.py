@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from cached_sessions import RedisSessions
 from cached_sessions.errors import ConfigurationError
+from cached_sessions.store import DEFAULT_ANONYMOUS_TTL
 from cached_sessions.validation import validate_app, validate_ttl
 
 from .cookies import CookiePolicy, check_cookie_name, default_cookie_names
@@ -55,6 +56,8 @@ class SessionOptions(Generic[R]):
     valid: ValidHook[R] | None
     before_save: BeforeSaveHook[R] | None
     emit: Emit[R]
+    anonymous_data: bool
+    anonymous_ttl: int
     fail_fast: bool = False  # stop start-up when Redis is unreachable (startup.py)
 
     def app_for(self, request: R) -> str:
@@ -109,6 +112,12 @@ def _check_lifetimes(max_age: object, renew: bool, ttl: object, unavailable_wait
         raise ConfigurationError("unavailable_wait must be seconds >= 0")
 
 
+def _check_anonymous(anonymous_data: object, anonymous_ttl: object) -> None:
+    if not isinstance(anonymous_data, bool):
+        raise ConfigurationError("anonymous_data must be True or False")
+    validate_ttl(anonymous_ttl, "anonymous_ttl")
+
+
 def make_options(
     store: RedisSessions,
     emit: Emit[R],
@@ -134,6 +143,8 @@ def make_options(
     valid: ValidHook[R] | None = None,
     before_save: BeforeSaveHook[R] | None = None,
     references: Sequence[str] = (),
+    anonymous_data: bool = True,
+    anonymous_ttl: int = DEFAULT_ANONYMOUS_TTL,
     fail_fast: bool = False,
 ) -> SessionOptions[R]:
     """Check every option (a ValueError or TypeError names the first bad one) and index
@@ -155,6 +166,7 @@ def make_options(
         )
     origins = checked_origins(trusted_origins)
     _check_lifetimes(max_age, renew, ttl, unavailable_wait)
+    _check_anonymous(anonymous_data, anonymous_ttl)
     store.index_references(references)
     return SessionOptions(
         store=store,
@@ -181,5 +193,7 @@ def make_options(
         valid=valid,
         before_save=before_save,
         emit=emit,
+        anonymous_data=anonymous_data,
+        anonymous_ttl=anonymous_ttl,
         fail_fast=bool(fail_fast),
     )

@@ -3,7 +3,12 @@
 Reads come from the copy loaded at the start of the request. Assignments are checked
 at once (so a bad value fails where it is written) and remembered as changes; the
 middleware writes only the changed and deleted keys, once, before the response
-headers go out. An anonymous session (no user yet) holds no data: `upgrade()` first.
+headers go out. A list or an object read from the session is the session's own copy:
+change it in place and assign it again (`session["cart"] = cart`) to have it saved.
+
+An anonymous visitor may hold data too (unless the app turned `anonymous_data` off):
+the first write that is saved creates a session that belongs to no user; `upgrade()`
+(log in) turns it into the user's session, its data kept.
 
 A Session is data plus change tracking. What needs I/O (`upgrade`, `save`, `destroy`,
 ...) goes through the request's Exchange, which owns no session and no request, so
@@ -15,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from cached_sessions import SessionDict
+from cached_sessions import Device, InvalidValueError, SessionDict
 from cached_sessions.errors import ConfigurationError
-from cached_sessions.validation import dump_value, validate_data_item
+from cached_sessions.validation import ANONYMOUS_ID, dump_value, validate_data_item
 
 from . import csrf
 from .errors import AnonymousSessionError
@@ -29,10 +34,13 @@ __all__ = ["AnonymousSessionError", "SavePolicy", "Session"]
 
 SavePolicy = Literal["changed", "always", "never"]
 SAVE_POLICIES: Final = ("changed", "always", "never")
+# The data key that holds the flash messages: a list of [category, message] pairs.
+FLASHES: Final = "_flashes"
 
 
 class Session(MutableMapping[str, Any]):
-    """See the module docstring. `token` is None while the session is anonymous.
+    """See the module docstring. `token` is None while no stored session stands
+    behind this one; `user_id` is None while nobody is logged in (anonymous).
 
     `unavailable` is True when Redis could not be reached and the app chose to go on
     anonymous (`on_unavailable="anonymous"`).
@@ -61,11 +69,21 @@ class Session(MutableMapping[str, Any]):
 
     @property
     def user_id(self) -> str | None:
-        return self._stored["id"] if self._stored else None
+        """The logged-in user's id; None for an anonymous visitor, with data or not."""
+        stored = self._stored
+        if stored is None or stored["id"] == ANONYMOUS_ID:
+            return None
+        return stored["id"]
+
+    @property
+    def is_anonymous(self) -> bool:
+        """True while nobody is logged in (the session may still hold data)."""
+        return self.user_id is None
 
     @property
     def is_new(self) -> bool:
-        """True while no stored session stands behind this one (anonymous)."""
+        """True while no stored session stands behind this one: nobody is logged in
+        and nothing was saved yet."""
         return self._stored is None
 
     @property
@@ -94,12 +112,14 @@ class Session(MutableMapping[str, Any]):
         self._save_policy = policy
 
     def wants_save(self) -> bool:
-        if self._token is None or self._save_policy == "never":
+        if self._save_policy == "never":
             return False
+        if self._token is None:  # an anonymous visitor's first write creates a session
+            return bool(self._changes)
         return self._save_policy == "always" or bool(self._changes)
 
     def __repr__(self) -> str:
-        who = f"user_id={self.user_id!r}" if self._stored else "anonymous"
+        who = "anonymous" if self.user_id is None else f"user_id={self.user_id!r}"
         return f"<Session {who} keys={sorted(self._data)} changed={sorted(self._changes)}>"
 
     # The mapping
@@ -115,7 +135,7 @@ class Session(MutableMapping[str, Any]):
         return key in self._data
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if self._stored is None:
+        if self._stored is None and not self._exchange.anonymous_data:
             raise AnonymousSessionError()
         validate_data_item(key, value)
         if value is None:  # the store's rule: None removes the key
@@ -125,7 +145,7 @@ class Session(MutableMapping[str, Any]):
         self._changes[key] = value
 
     def __delitem__(self, key: str) -> None:
-        if self._stored is None:
+        if self._stored is None and not self._exchange.anonymous_data:
             raise AnonymousSessionError()
         del self._data[key]
         self._changes[key] = None
@@ -150,13 +170,17 @@ class Session(MutableMapping[str, Any]):
         """Read the session again from Redis, dropping changes not yet saved."""
         await self._exchange.reload(self)
 
-    async def upgrade(self, user_id: str, ttl: int | None = None) -> None:
-        """Log in: a new session (and token) for `user_id`; the old one is killed.
+    async def upgrade(self, user_id: str, ttl: int | None = None, *, keep: bool = True) -> None:
+        """Log in: a new session (and token) for `user_id`; the old one is killed, in
+        one script.
 
         Always a new token, even for a session that is logged in already, so a token
-        known before the login (session fixation) never gains the user's rights.
+        known before the login (session fixation) never gains the user's rights. With
+        `keep` the new session holds this one's data (what an anonymous visitor
+        stored, changes not yet saved included) when this one is anonymous or of the
+        same user; with `keep=False`, or from another user's session, it starts empty.
         """
-        await self._exchange.upgrade(self, user_id, ttl)
+        await self._exchange.upgrade(self, user_id, ttl, keep)
 
     async def destroy(self) -> None:
         """Log out: kill this session and clear the cookie."""
@@ -165,6 +189,50 @@ class Session(MutableMapping[str, Any]):
     async def destroy_all(self) -> None:
         """Log this user out everywhere: every session of the user id, in every worker."""
         await self._exchange.destroy_all(self)
+
+    async def destroy_others(self) -> int:
+        """Log this user out of every other device, keep this one (one script);
+        returns how many sessions ended. Nothing to do for an anonymous visitor."""
+        return await self._exchange.destroy_others(self)
+
+    async def devices(self) -> list[Device]:
+        """This user's live sessions (see cached_sessions.Device): a handle each, which
+        one is this one, created, last active, ip and user agent. Empty when anonymous.
+        A handle is no credential: a page may show it, and `revoke` takes it."""
+        return await self._exchange.devices(self)
+
+    async def revoke(self, handle: str) -> bool:
+        """End the session of one of this user's devices (a handle from `devices`);
+        whether one ended. A handle of another user's session ends nothing; this
+        session's own handle is a logout."""
+        return await self._exchange.revoke(self, handle)
+
+    # Flash messages: kept in the session until read, across a redirect.
+
+    def flash(self, message: str, category: str = "info") -> None:
+        """Keep a message for the next page that calls `pop_flashes` (anonymous
+        visitors too, unless the app turned `anonymous_data` off)."""
+        if not isinstance(message, str) or not isinstance(category, str):
+            raise InvalidValueError("a flash message and its category must be strings")
+        self[FLASHES] = [*self._flashes(), [category, message]]
+
+    def pop_flashes(self) -> list[tuple[str, str]]:
+        """The messages kept by `flash`, oldest first, as (category, message); they
+        are removed (saved with the response)."""
+        flashes = self._flashes()
+        if FLASHES in self._data:
+            del self[FLASHES]
+        return [(category, message) for category, message in flashes]
+
+    def _flashes(self) -> list[list[str]]:
+        stored = self._data.get(FLASHES)
+        if not isinstance(stored, list):
+            return []
+        return [
+            list(item)
+            for item in stored
+            if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)
+        ]
 
     async def kill_by(self, field: str, value: str | int | float | bool) -> int:
         """Kill every session whose data holds `field` = `value` (a `references` key).
@@ -181,13 +249,21 @@ class Session(MutableMapping[str, Any]):
 
     async def csrf_token(self) -> str:
         """A CSRF token for this session: put it in forms or the X-CSRF-Token header."""
-        key = self._exchange.csrf_key(self._token, create=True)
+        key = self._exchange.csrf_key(self._csrf_token_key(), create=True)
         assert key is not None  # create=True always gives one
         return csrf.csrf_token(key)
 
     async def verify_csrf(self, token: object) -> bool:
         """Whether `token` was made for this session (constant-time)."""
-        return csrf.verify_csrf(self._exchange.csrf_key(self._token, create=False), token)
+        return csrf.verify_csrf(
+            self._exchange.csrf_key(self._csrf_token_key(), create=False), token
+        )
+
+    def _csrf_token_key(self) -> str | None:
+        # A logged-in session's tokens are bound to its token; an anonymous visitor's,
+        # with data or not, to the anonymous key of its CSRF cookie, so that a form
+        # rendered before the visitor's first write still verifies after it.
+        return None if self.user_id is None else self._token
 
     async def soid(self) -> list[SessionDict]:
         """The live sessions of this user (empty when anonymous)."""
@@ -216,11 +292,11 @@ class Session(MutableMapping[str, Any]):
     def _drop_changes(self) -> None:
         self._changes = {}
 
-    def _log_in(self, stored: SessionDict | None, token: str) -> None:
-        """A new token and what Redis holds for it; no data, no changes."""
+    def _log_in(self, stored: SessionDict, token: str) -> None:
+        """A new token and what Redis holds for it; no changes pending."""
         self._token = token
         self._stored = stored
-        self._data = {}
+        self._data = stored.get("d") or {}
         self._changes = {}
 
     def _adopt(self, stored: SessionDict) -> None:

@@ -3,7 +3,8 @@
 Each worker is its own process with its own session cache, all sharing one Redis and
 one port (SO_REUSEPORT lets the kernel spread connections over them). The page says
 which worker answered, who is logged in, a counter kept in the session and this
-user's sessions, this one marked; logging out everywhere in one worker logs the user
+user's sessions (devices), this one marked, each other one with a button that logs
+it out, and "log out my other devices"; logging out everywhere in one worker logs the user
 out in all of them at once. `/metrics` serves this worker's cache counters for
 Prometheus. It shows the safe way: CSRF protection on, a token in every form.
 
@@ -20,15 +21,15 @@ import html
 import logging
 import multiprocessing
 import os
-import secrets
 import signal
 import socket
 import sys
 import threading
+import time
 
 from aiohttp import web
 
-from cached_sessions import EmbeddedServer, InvalidInputError, RedisSessions, SessionDict
+from cached_sessions import Device, EmbeddedServer, InvalidInputError, RedisSessions
 from cached_sessions.connect import redacted_url
 from cached_sessions.store import UNREACHABLE
 from cached_sessions.validation import MAX_ID_LENGTH
@@ -89,21 +90,81 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def sessions_table(session: Session, sessions: list[SessionDict]) -> str:
-    """The user's sessions, the one of this browser marked (its data says which)."""
-    mine = session.get("device")
+def _ago(seconds: int) -> str:
+    if seconds < 90:
+        return f"{seconds} s ago"
+    if seconds < 5400:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+def devices_table(devices: list[Device], token: str, now: int) -> str:
+    """The user's sessions, this browser's marked; each other one with a button that
+    logs it out. A row carries the session's handle, never its token."""
     rows = []
-    for item in sessions:
-        data = item.get("d")
-        this = isinstance(data, dict) and mine is not None and data.get("device") == mine
-        label = '<strong class="current">this browser</strong>' if this else ""
-        row_id = ' id="current-session"' if this else ""
+    for device in devices:
+        agent = device["user_agent"] or "unknown"
+        browser = html.escape(agent if len(agent) <= 60 else agent[:57] + "...")
+        created = device["created"]
+        since = _ago(max(0, now - created)) if created is not None else "unknown"
+        if device["current"]:
+            mark, row_id = '<strong class="current">this browser</strong>', ' id="current-session"'
+            action = ""
+        else:
+            mark, row_id = "", ""
+            handle = html.escape(device["handle"])
+            action = (
+                f'<form method="post" action="/devices/revoke">{token}'
+                f'<input type="hidden" name="handle" value="{handle}">'
+                '<button class="revoke">Log out this device</button></form>'
+            )
         rows.append(
-            f"<tr{row_id}><td>{label}</td><td>{html.escape(str(item['ip']))}</td>"
-            f"<td>{item['r']}</td><td>{item['idle']} s</td></tr>"
+            f"<tr{row_id}><td>{mark}</td><td>{browser}</td>"
+            f"<td>{html.escape(device['ip'])}</td><td>{since}</td>"
+            f"<td>{device['idle']} s</td><td>{action}</td></tr>"
         )
-    header = "<tr><th></th><th>ip</th><th>reads</th><th>idle</th></tr>"
+    header = "<tr><th></th><th>browser</th><th>ip</th><th>logged in</th><th>idle</th><th></th></tr>"
     return f'<table id="sessions">{header}{"".join(rows)}</table>'
+
+
+def flashes(session: Session) -> str:
+    """The messages the last action left (a logout of other devices says how many)."""
+    return "".join(
+        f'<p class="flash {html.escape(category)}">{html.escape(message)}</p>'
+        for category, message in session.pop_flashes()
+    )
+
+
+async def account(session: Session) -> str:
+    """The page of a logged-in user: who, a counter, their devices and the logouts."""
+    session["visits"] = int(session.get("visits", 0)) + 1
+    token = await token_field(session)
+    name = html.escape(session.user_id or "")
+    table = devices_table(await session.devices(), token, int(time.time()))
+    return f"""{flashes(session)}<p id="who">Logged in as <strong id="user-id">{name}</strong>.
+This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
+<h2>Your sessions</h2>
+{table}
+<form method="post" action="/logout">{token}<button id="logout">Log out</button></form>
+<form method="post" action="/logout-others">{token}<button id="logout-others">
+Log out my other devices</button></form>
+<form method="post" action="/logout-everywhere">{token}<button id="logout-everywhere">
+Log out everywhere</button></form>"""
+
+
+async def revoke_device(session: Session, handle: object) -> None:
+    """Log out the device whose handle the form posted; say what happened."""
+    try:
+        ended = await session.revoke(handle)  # type: ignore[arg-type]  # checked there
+    except InvalidInputError:  # not a handle at all: a hand-made form
+        session.flash("That is not one of your devices.", "error")
+        return
+    session.flash("That device is logged out." if ended else "That device was already logged out.")
+
+
+async def log_out_others(session: Session) -> None:
+    ended = await session.destroy_others()
+    session.flash(f"Logged out {ended} other device{'' if ended == 1 else 's'}.")
 
 
 async def log_in(session: Session, name: str) -> str | None:
@@ -115,7 +176,6 @@ async def log_in(session: Session, name: str) -> str | None:
         await session.upgrade(name)
     except InvalidInputError:  # a rule of the store that name_problem does not know
         return "That name cannot be used; please choose another."
-    session["device"] = secrets.token_hex(8)  # tells this browser's row in "Your sessions"
     return None
 
 
@@ -123,17 +183,7 @@ async def index(request: web.Request) -> web.Response:
     session = await get_session(request)
     if session.user_id is None:
         return _page(request, await login_form(session))
-    session["visits"] = int(session.get("visits", 0)) + 1
-    token = await token_field(session)
-    name = html.escape(session.user_id)
-    body = f"""<p id="who">Logged in as <strong id="user-id">{name}</strong>.
-This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
-<h2>Your sessions</h2>
-{sessions_table(session, await session.soid())}
-<form method="post" action="/logout">{token}<button id="logout">Log out</button></form>
-<form method="post" action="/logout-everywhere">{token}<button id="logout-everywhere">
-Log out everywhere</button></form>"""
-    return _page(request, body)
+    return _page(request, await account(session))
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -148,6 +198,17 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     await (await get_session(request)).destroy()
+    raise web.HTTPSeeOther("/")
+
+
+async def revoke(request: web.Request) -> web.StreamResponse:
+    handle = (await request.post()).get("handle")
+    await revoke_device(await get_session(request), handle)
+    raise web.HTTPSeeOther("/")
+
+
+async def logout_others(request: web.Request) -> web.StreamResponse:
+    await log_out_others(await get_session(request))
     raise web.HTTPSeeOther("/")
 
 
@@ -192,6 +253,8 @@ def make_app(redis_url: str, worker: int, *, cachetime: float = 30) -> web.Appli
     app.router.add_get("/", index)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
+    app.router.add_post("/devices/revoke", revoke)
+    app.router.add_post("/logout-others", logout_others)
     app.router.add_post("/logout-everywhere", logout_everywhere)
     app.router.add_get("/api/me", me)
     app.router.add_get("/metrics", metrics)

@@ -10,7 +10,6 @@ the launcher refuses, in one line, a port already served and an unreachable Redi
 from __future__ import annotations
 
 import argparse
-import html
 import logging
 import os
 
@@ -21,11 +20,12 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from aiohttp_ext.demo import (
+    account,
     log_in,
+    log_out_others,
     login_form,
     refuse_to_start,
-    sessions_table,
-    token_field,
+    revoke_device,
 )
 from cached_sessions import EmbeddedServer, RedisSessions
 
@@ -53,16 +53,7 @@ async def index(request: Request) -> Response:
     session = await get_session(request)
     if session.user_id is None:
         return _page(await login_form(session))
-    session["visits"] = int(session.get("visits", 0)) + 1
-    token = await token_field(session)
-    name = html.escape(session.user_id)
-    return _page(f"""<p id="who">Logged in as <strong id="user-id">{name}</strong>.
-This session has seen <strong id="visits">{session["visits"]}</strong> page views.</p>
-<h2>Your sessions</h2>
-{sessions_table(session, await session.soid())}
-<form method="post" action="/logout">{token}<button id="logout">Log out</button></form>
-<form method="post" action="/logout-everywhere">{token}<button id="logout-everywhere">
-Log out everywhere</button></form>""")
+    return _page(await account(session))
 
 
 async def login(request: Request) -> Response:
@@ -76,6 +67,17 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     await (await get_session(request)).destroy()
+    return RedirectResponse("/", status_code=303)
+
+
+async def revoke(request: Request) -> Response:
+    handle = (await request.form()).get("handle")
+    await revoke_device(await get_session(request), handle)
+    return RedirectResponse("/", status_code=303)
+
+
+async def logout_others(request: Request) -> Response:
+    await log_out_others(await get_session(request))
     return RedirectResponse("/", status_code=303)
 
 
@@ -95,6 +97,8 @@ def make_app(redis_url: str, *, cachetime: float = 30) -> Starlette:
         Route("/", index),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/devices/revoke", revoke, methods=["POST"]),
+        Route("/logout-others", logout_others, methods=["POST"]),
         Route("/logout-everywhere", logout_everywhere, methods=["POST"]),
         Route("/api/me", me),
     ]

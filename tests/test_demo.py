@@ -184,6 +184,47 @@ def test_your_sessions_marks_this_one(demo: str) -> None:
     assert first != second
 
 
+def handles(base: str, cookie: str) -> list[str]:
+    """The handles of the other devices listed on this session's page."""
+    return re.findall(
+        r'name="handle" value="([0-9a-f]+)"', call(base, "/", cookie=cookie)[2].decode()
+    )
+
+
+def check_devices(base: str) -> None:
+    """Log out one other device, then every other device, from the page's buttons."""
+    a, b, c = (log_in(base, "erin") for _ in range(3))
+    page = call(base, "/", cookie=a)[2].decode()
+    others = handles(base, a)
+    assert len(others) == 2 and page.count('id="current-session"') == 1
+    for cookie in (a, b, c):  # a row carries a handle, never a token
+        assert cookie.split("=", 1)[1] not in page
+
+    # Frank cannot log out Erin's devices with handles he has seen.
+    frank = log_in(base, "frank")
+    for handle in others:
+        assert post(base, "/devices/revoke", frank, handle=handle)[0] == 303
+    assert me(base, b)["user"] == "erin" and me(base, c)["user"] == "erin"
+
+    # A hand-made form: a page that says so, not a 500.
+    status, _, _ = post(base, "/devices/revoke", a, handle="not-a-handle")
+    assert status == 303 and "not one of your devices" in call(base, "/", cookie=a)[2].decode()
+
+    b_handle = next(h for h in others if h not in handles(base, b))  # b's page omits its own
+    assert post(base, "/devices/revoke", a, handle=b_handle)[0] == 303
+    assert me(base, b)["user"] is None and me(base, a)["user"] == "erin"
+    assert "That device is logged out." in call(base, "/", cookie=a)[2].decode()
+
+    assert post(base, "/logout-others", a)[0] == 303
+    assert me(base, c)["user"] is None and me(base, a)["user"] == "erin"
+    page = call(base, "/", cookie=a)[2].decode()
+    assert "Logged out 1 other device." in page and handles(base, a) == []
+
+
+def test_one_device_logs_out_another_then_all_the_others(demo: str) -> None:
+    check_devices(demo)
+
+
 def test_metrics_are_in_the_prometheus_text_format(demo: str) -> None:
     status, headers, body = call(demo, "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")

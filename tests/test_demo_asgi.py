@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.servers import free_port
-from tests.test_demo import ROOT, call, log_in, post
+from tests.test_demo import ROOT, call, check_devices, log_in, post
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,7 @@ def test_a_name_too_long_gets_a_400_page_in_the_forms_words(demo: str) -> None:
     status, _, page = post(demo, "/login", user="x" * 200)
     assert status == 400 and b"Name is 200 characters long; it can be at most 128." in page
     assert b'id="current-session"' in call(demo, "/", cookie=log_in(demo, "eve"))[2]
+
+
+def test_one_device_logs_out_another_then_all_the_others(demo: str) -> None:
+    check_devices(demo)

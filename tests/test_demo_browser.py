@@ -39,6 +39,7 @@ try:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common import selenium_manager
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webelement import WebElement
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # pragma: no cover - depends on the machine
     webdriver = None
@@ -178,9 +179,12 @@ class Device:
         return int(self.text("visits"))
 
     def _click_and_wait(self, element_id: str) -> None:
+        self._click_and_wait_on(self.driver.find_element(By.ID, element_id))
+
+    def _click_and_wait_on(self, button: WebElement) -> None:
         """Click a form's button and wait for the page the form leads to (after its 303)."""
         self.driver.execute_script("window.beforeClick = true")
-        self.driver.find_element(By.ID, element_id).click()
+        button.click()
         # A new document has a new window object. While it replaces the old one, Chrome
         # may answer with errors other than "stale element": ignore them until it is done.
         WebDriverWait(self.driver, 10, ignored_exceptions=(WebDriverException,)).until(
@@ -198,6 +202,16 @@ class Device:
 
     def log_out_everywhere(self) -> None:
         self._click_and_wait("logout-everywhere")
+
+    def log_out_others(self) -> None:
+        self._click_and_wait("logout-others")
+
+    def log_out_other_device(self) -> None:
+        """The button of the one row in "Your sessions" that is not this browser."""
+        table = self.driver.find_element(By.ID, "sessions")
+        buttons = table.find_elements(By.CSS_SELECTOR, "tr:not(#current-session) button.revoke")
+        assert len(buttons) == 1, f"one other device expected, {len(buttons)} buttons"
+        self._click_and_wait_on(buttons[0])
 
     def reload(self) -> None:
         """Reload on the same connection, so normally the same worker answers."""
@@ -232,9 +246,9 @@ class Device:
         return len(table.find_elements(By.TAG_NAME, "tr")) - 1  # minus the header row
 
 
-def assert_logged_in(device: Device, visits: int) -> None:
-    assert device.text("user-id") == USER
-    assert device.text("who").startswith(f"Logged in as {USER}.")
+def assert_logged_in(device: Device, visits: int, user: str = USER) -> None:
+    assert device.text("user-id") == user
+    assert device.text("who").startswith(f"Logged in as {user}.")
     assert device.visits() == visits, "the counter kept in the session should count every view"
 
 
@@ -345,4 +359,36 @@ def test_two_devices_one_user_log_out_everywhere(devices: tuple[Device, Device])
     # (by a person, or by this test after A's page has loaded) comes much later.
     b.reload()
     assert b.worker() == worker_b, "B's reload should reuse its connection to the other worker"
+    assert_logged_out(b)
+
+
+def test_a_device_logs_out_another_from_its_list_then_all_the_others(
+    devices: tuple[Device, Device],
+) -> None:
+    a, b = devices
+    user = "grace"  # her own user: the list shows exactly these two devices
+    for device in (a, b):
+        device.open()
+        device.log_in(user)
+        assert_logged_in(device, visits=1, user=user)
+    a.reload()
+    assert a.session_rows() == 2 and a.text("current-session").startswith("this browser")
+
+    # "Log out this device" on B's row: A stays, B's next page asks for a login.
+    a.log_out_other_device()
+    assert_logged_in(a, visits=3, user=user)
+    assert a.text("sessions").count("this browser") == 1 and a.session_rows() == 1
+    assert "That device is logged out." in a.driver.page_source
+    b.reload()
+    assert_logged_out(b)
+
+    # B logs in again; "Log out my other devices" on A ends B and keeps A.
+    b.log_in(user)
+    assert_logged_in(b, visits=1, user=user)
+    a.reload()
+    assert a.session_rows() == 2
+    a.log_out_others()
+    assert "Logged out 1 other device." in a.driver.page_source
+    assert a.session_rows() == 1
+    b.reload()
     assert_logged_out(b)

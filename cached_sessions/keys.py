@@ -29,6 +29,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from .errors import ConfigurationError
 from .tokens import ALPHABET, new_token
+from .validation import is_int
 
 __all__ = ["DEFAULT_BUCKETS", "ClusterLayout", "KeyLayout", "Layout"]
 
@@ -56,7 +57,7 @@ TEMPLATE_ORDER: Final = (
 def check_buckets(buckets: object) -> None:
     """Checked on every store, not only a cluster's: a bad number is a mistake the
     day the same settings meet a cluster."""
-    if not isinstance(buckets, int) or isinstance(buckets, bool):
+    if not is_int(buckets):
         raise ConfigurationError("buckets must be an integer")
     if not 1 <= buckets <= MAX_BUCKETS:
         raise ConfigurationError(f"buckets must be from 1 to {MAX_BUCKETS}, got {buckets}")

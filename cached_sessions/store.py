@@ -65,6 +65,7 @@ from .validation import (
     dump_value,
     encode_create_data,
     encode_data_patch,
+    is_int,
     validate_app,
     validate_data_item,
     validate_delta_time,
@@ -110,7 +111,7 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
 
 
 def _durability(replicas: object, wait: object, redis_timeout: float) -> Durability | None:
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+    if not is_int(replicas) or replicas < 0:
         raise ConfigurationError("durable_kills must be 0 (off) or a number of replicas")
     seconds = _seconds("durable_wait", wait)
     if not replicas:
@@ -130,7 +131,7 @@ async def _close_with_sentinels(client: Redis) -> None:
 
 
 def _max_lifetime(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not is_int(value) or value < 0:
         raise ConfigurationError("max_lifetime must be 0 (off) or a number of seconds (an int)")
     if value and not MIN_TTL <= value <= MAX_TTL:
         raise ConfigurationError(f"max_lifetime must be from {MIN_TTL} to {MAX_TTL} seconds, or 0")
@@ -215,7 +216,7 @@ class RedisSessions:
     ) -> None:
         if redis is not None and url is not None:
             raise ConfigurationError("pass either redis= or url=, not both")
-        if not isinstance(wipe, int) or isinstance(wipe, bool) or wipe < 0:
+        if not is_int(wipe) or wipe < 0:
             raise ConfigurationError("wipe must be 0 (off) or a number of seconds")
         cachetime = _seconds("cachetime", cachetime, allow_zero=True)
         touch_interval = _seconds("touch_interval", touch_interval)
@@ -224,7 +225,7 @@ class RedisSessions:
             raise ConfigurationError(
                 f"touch_interval must be at most {MIN_TTL / 2} s (half the shortest ttl)"
             )
-        if not isinstance(cachemax, int) or isinstance(cachemax, bool) or cachemax < 1:
+        if not is_int(cachemax) or cachemax < 1:
             raise ConfigurationError("cachemax must be a positive integer")
         if not isinstance(batch, int) or batch < 1:
             raise ConfigurationError("batch must be a positive integer")
@@ -1034,9 +1035,7 @@ class RedisSessions:
         lock outlives the run on purpose: one wipe per interval across all processes,
         whoever wins the race.
         """
-        if interval is not None and (
-            not isinstance(interval, int) or isinstance(interval, bool) or interval < 1
-        ):
+        if interval is not None and (not is_int(interval) or interval < 1):
             raise ConfigurationError("interval must be a positive number of seconds (an int)")
         await self._ready()
         seconds = interval or self._wipe_interval or MIN_WIPE_INTERVAL

@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from .errors import InvalidFormatError, InvalidValueError, MissingParameterError
 from .model import MAX_DATA_DEPTH
@@ -40,6 +40,7 @@ __all__ = [
     "dump_value",
     "encode_create_data",
     "encode_data_patch",
+    "is_int",
     "validate_app",
     "validate_data_item",
     "validate_delta_time",
@@ -50,6 +51,12 @@ __all__ = [
     "validate_ttl",
     "validate_user_agent",
 ]
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """An int that is not a bool: `True` is an int to Python, never a count here."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 MIN_TTL: Final = 10
 MAX_TTL: Final = 365 * 24 * 3600  # one year; longer belongs in a remember-me token
@@ -130,7 +137,7 @@ def validate_ip(ip: object) -> str:
 
 def validate_ttl(ttl: object, item: str = "ttl") -> int:
     # bool is an int in Python; `ttl=True` is a mistake, not one second.
-    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < MIN_TTL:
+    if not is_int(ttl) or ttl < MIN_TTL:
         raise InvalidValueError(f"{item} must be a positive integer >= {MIN_TTL}")
     if ttl > MAX_TTL:
         raise InvalidValueError(f"{item} must be at most {MAX_TTL} (one year)")

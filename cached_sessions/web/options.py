@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 from cached_sessions import RedisSessions
 from cached_sessions.errors import ConfigurationError
 from cached_sessions.store import DEFAULT_ANONYMOUS_TTL
-from cached_sessions.validation import validate_app, validate_ttl
+from cached_sessions.validation import is_int, validate_app, validate_ttl
 
 from .cookies import CookiePolicy, check_cookie_name, default_cookie_names
 from .csrf import Origin
@@ -24,7 +24,7 @@ from .events import Emit
 from .session import Session
 from .signing import TokenSigner
 
-__all__ = ["SessionOptions", "is_int", "make_options"]
+__all__ = ["SessionOptions", "make_options"]
 
 R = TypeVar("R")
 
@@ -33,11 +33,6 @@ Ttl = int | Callable[[R], int]
 ValidHook = Callable[[R, Session], bool | Awaitable[bool]]
 BeforeSaveHook = Callable[[R, Session], Awaitable[None] | None]
 OnUnavailable = Literal["error", "anonymous"] | Callable[[R, Exception], Any]
-
-
-def is_int(value: object) -> bool:
-    """An int that is not a bool (`True` is an int to Python, never a count here)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +97,7 @@ def _check_cookie_attributes(
 
 
 def _check_lifetimes(max_age: object, renew: bool, ttl: object, unavailable_wait: float) -> None:
-    if max_age is not None and (not is_int(max_age) or max_age < 0):  # type: ignore[operator]
+    if max_age is not None and (not is_int(max_age) or max_age < 0):
         raise ConfigurationError("max_age must be None (a browser-session cookie) or seconds >= 0")
     if renew and max_age is None:
         raise ConfigurationError("renew=True needs max_age: a browser-session cookie has no age")

@@ -33,6 +33,7 @@ import pytest
 from redis.asyncio import Redis
 
 from cached_sessions import ANONYMOUS_ID, InvalidFormatError, RedisSessions, SessionDict
+from tests.conftest import ManualClock
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.interop
@@ -1021,3 +1022,57 @@ async def test_sessions_node_created_are_devices_without_a_creation_time(
     ]
     assert await live_rs.kill_others(app=APP, id="u1", token=from_python) == {"kill": 1}
     assert (await node("get", app=APP, token=from_node)) is None
+
+
+async def command_calls(redis: Redis) -> dict[str, int]:
+    """Calls per command so far, those run inside scripts included."""
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+async def index_scores(redis: Redis, namespace: str, token: str, id: str) -> list[float | None]:
+    return [
+        await redis.zscore(f"{namespace}:{APP}:_sessions", f"{token}:{id}"),
+        await redis.zscore(f"{namespace}:{APP}:_users", id),
+        await redis.zscore(f"{namespace}:SESSIONS", f"{APP}:{token}:{id}"),
+    ]
+
+
+async def test_reads_within_one_second_write_only_the_read_count_and_node_agrees(
+    live_rs: RedisSessions, node: NodeDriver, server: ServerProcess, redis: Redis, namespace: str
+) -> None:
+    """A read in the second of the last access moves nothing but `r`: the last access and
+    the activity and expiry scores (all in whole seconds) already say that second. Node
+    then reads the very session it would have read had every read written them."""
+    created = await node("create", app=APP, id="quick", ip="10.0.0.9", ttl=TTL, d={"n": 1})
+    token, key = created["token"], f"{namespace}:{APP}:{created['token']}"
+    last_access = int(await redis.hget(key, "la") or 0)
+    pinned = ManualClock(float(last_access) + 0.9)  # reads late in that same second
+    async with RedisSessions(url=server.url, namespace=namespace, wipe=0, clock=pinned) as rs:
+        stored, scores = (
+            await redis.hgetall(key),
+            await index_scores(redis, namespace, token, "quick"),
+        )
+        before = await command_calls(redis)
+        for _ in range(5):
+            assert (await rs.get(app=APP, token=token) or {}).get("idle") == 0
+        after = await command_calls(redis)
+        for command in ("zadd", "hset", "hmset"):
+            assert after.get(command, 0) == before.get(command, 0), command
+        assert after["hincrby"] - before.get("hincrby", 0) == 5
+        assert await redis.hgetall(key) == {**stored, "r": str(int(stored.get("r", 0)) + 5)}
+        assert await index_scores(redis, namespace, token, "quick") == scores
+
+    # Node reads the session Python kept: a read by either side agrees with the other.
+    clock = Clock()
+    from_python = await live_rs.get(app=APP, token=token)
+    from_node = await node("get", app=APP, token=token)
+    assert_same_session(from_node, from_python, reads_between=1, ticks=clock.ticks)
+
+    # A read in a later second moves the last access and every score to it.
+    later = ManualClock(time.time() + 1.0)
+    async with RedisSessions(url=server.url, namespace=namespace, wipe=0, clock=later) as rs:
+        assert await rs.get(app=APP, token=token) is not None
+    second = int(later())
+    assert int(await redis.hget(key, "la") or 0) == second
+    assert await index_scores(redis, namespace, token, "quick") == [second, second, second + TTL]

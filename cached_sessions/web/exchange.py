@@ -31,7 +31,9 @@ def client_user_agent(header: str | None) -> str:
     UTF-8 ('' without one). A client sends anything; this never refuses."""
     if not header:
         return ""
-    text = "".join(char for char in header[:MAX_USER_AGENT_LENGTH] if char.isprintable())
+    text = header[:MAX_USER_AGENT_LENGTH]
+    if not text.isprintable():
+        text = "".join(char for char in text if char.isprintable())
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -40,7 +42,7 @@ class Exchange:
 
     __slots__ = (
         "_cookie", "_csrf_key", "_csrf_key_new", "app", "bearer_session", "client_ip",
-        "cookie_header", "events", "options", "presented", "ttl", "user_agent",
+        "cookie_header", "events", "options", "presented", "ttl", "user_agent_header",
     )  # fmt: skip
 
     def __init__(
@@ -58,7 +60,7 @@ class Exchange:
         self.client_ip = client_ip[:39]
         self.ttl = ttl
         self.cookie_header = cookie_header
-        self.user_agent = client_user_agent(user_agent)
+        self.user_agent_header = user_agent  # cleaned only for a session being created
         self.presented = False  # the request carried a session cookie
         self.bearer_session = False  # it authenticated with a bearer token that was found
         self.events: list[SessionEvent] = []
@@ -179,7 +181,7 @@ class Exchange:
                 ip=self.client_ip,
                 d=kept,
                 ttl=self.options.anonymous_ttl,
-                user_agent=self.user_agent,
+                user_agent=client_user_agent(self.user_agent_header),
             )
         except BaseException:
             session._restore_changes(changes)
@@ -206,7 +208,7 @@ class Exchange:
                 ttl=self.ttl if ttl is None else ttl,
                 d=changes if keep else None,
                 keep=keep,
-                user_agent=self.user_agent,
+                user_agent=client_user_agent(self.user_agent_header),
             )
         except BaseException:
             session._restore_changes(changes)

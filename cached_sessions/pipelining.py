@@ -5,10 +5,11 @@ start together because their bytes arrived together. Sent one by one, each call 
 a round trip, a connection, and a read and a write of the server's event loop; sent as
 one pipeline they share all of these, and Redis answers them in order.
 
-The first call of a turn leads: it yields once, so that the calls the rest of the turn
-makes can join it. Alone, it goes out directly, as it would without this module (a
-yield more, no task, no pipeline). With company, the batch goes out as one pipeline in
-a task of its own, which holds one connection slot and the slots' deadline like any
+The first call of a turn goes out directly, at once, as it would without this module:
+a lone call pays only for a flag and a callback. The next call of the same turn leads a
+batch: it yields once, so that the calls the rest of the turn makes can join it. Alone
+after all, it goes out directly too. With company, the batch goes out as one pipeline
+in a task of its own, which holds one connection slot and the slots' deadline like any
 call (slots.py), so the connection bound holds. The pipeline reads every reply
 (`raise_on_error=False`) and hands each caller its own reply or error: one failing call
 fails only its caller, and a caller that retries (NOSCRIPT, scripts.py) does so alone.
@@ -53,15 +54,27 @@ class AutoPipeline:
     tests and benchmarks.
     """
 
-    __slots__ = ("_client", "_open", "_slots", "_tasks", "batches", "pipelined")
+    __slots__ = ("_client", "_open", "_slots", "_tasks", "_turn_taken", "batches", "pipelined")
 
     def __init__(self, client: Redis, slots: ConnectionSlots) -> None:
         self._client = client
         self._slots = slots
         self._open: _Batch | None = None
+        self._turn_taken = False  # a call of this turn went out directly
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.pipelined = 0
+
+    def direct(self) -> bool:
+        """Whether a call may go out directly now: the first of its turn."""
+        if self._turn_taken or self._open is not None:
+            return False
+        self._turn_taken = True
+        asyncio.get_running_loop().call_soon(self._end_turn)
+        return True
+
+    def _end_turn(self) -> None:
+        self._turn_taken = False
 
     def send(self, command: tuple[Any, ...]) -> Awaitable[Any]:
         """The command's reply (its error raised), or ALONE: then the caller sends it.

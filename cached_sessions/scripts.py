@@ -195,9 +195,10 @@ class Scripts:
         """One script call, to await. Not itself a coroutine: one frame less per call."""
         # EVALSHA straight away: redis-py's script wrapper costs a few µs a call.
         script = self._scripts[operation]
-        if self.auto is not None:
-            return self._run_auto(self.auto, script, keys, args, operation in NARROWABLE)
-        return self.slots.call(self._evalsha, script, keys, args, operation in NARROWABLE)
+        auto = self.auto
+        if auto is None or auto.direct():
+            return self.slots.call(self._evalsha, script, keys, args, operation in NARROWABLE)
+        return self._run_auto(auto, script, keys, args, operation in NARROWABLE)
 
     async def _run_auto(
         self,

@@ -105,6 +105,7 @@ async def auto_pipelining(server: Server, sizes: Sizes) -> dict[str, Any]:
     off = RedisSessions(url=server.url, namespace=ns, wipe=0, auto_pipeline=False)
     rates: dict[bool, list[float]] = {True: [], False: []}
     lone: dict[bool, list[float]] = {True: [], False: []}
+    lone_calls = max(50, sizes.store_calls // 10)
     async with on, off:
         made = [await on.create(app=APP, id=f"u{i}", ip=IP) for i in range(CONCURRENCY)]
         tokens = [found["token"] for found in made]
@@ -112,7 +113,7 @@ async def auto_pipelining(server: Server, sizes: Sizes) -> dict[str, Any]:
             for auto in (True, False) if turn % 2 else (False, True):
                 store = on if auto else off
                 rates[auto].append(await concurrent_rate(store, tokens, sizes.store_calls * 3))
-                samples = await timed(lambda s=store: s.get(app=APP, token=tokens[0]), 300)
+                samples = await timed(lambda s=store: s.get(app=APP, token=tokens[0]), lone_calls)
                 lone[auto].append(statistics.median(samples) * 1e6)
         await on.killall(app=APP)
     return {

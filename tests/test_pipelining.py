@@ -23,7 +23,7 @@ from cached_sessions.pipelining import AutoPipeline
 from tests.servers import ServerProcess
 from tests.test_connections import connections_named, named
 from tests.test_sentinel import store as sentinel_store
-from tests.topology import LocalSentinel
+from tests.topology import LocalCluster, LocalSentinel
 
 APP = "pipe"
 IP = "127.0.0.1"
@@ -244,6 +244,15 @@ async def test_sentinel_calls_of_one_turn_go_out_together(
         found = await get_all(store, tokens)
         assert own_data(found) == expected(10)
         assert (pipeliner(store).batches, pipeliner(store).pipelined) == (1, 9)
+
+
+async def test_a_cluster_store_keeps_direct_calls(cluster: LocalCluster, namespace: str) -> None:
+    host, port = cluster.startup_nodes[0]
+    url = f"redis+cluster://{host}:{port}"
+    async with RedisSessions(url=url, namespace=namespace, wipe=0) as store:
+        assert store._scripts is not None and store._scripts.auto is None
+        tokens = await sessions(store, 10)
+        assert own_data(await get_all(store, tokens)) == expected(10)
 
 
 def test_auto_pipeline_must_be_a_bool() -> None:

@@ -4,10 +4,16 @@
 `create` and `kill`; and how much faster a cached `get` is than one from Redis. For the
 operations that reach Redis, also the server's own time per script call (INFO
 commandstats), which tells the server's share of a call from the client's.
+
+Then auto-pipelining on and off: `get` from Redis (no cache) by CONCURRENCY callers at
+once, calls per second, and a lone `get`, µs per call; the two stores take turns, round
+after round, so that a busy machine slows both alike.
 """
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,4 +73,55 @@ async def measure(server: Server, sizes: Sizes) -> dict[str, Any]:
     for name, spent in server_us.items():
         figures[name]["server_us"] = spent
     ratio = figures["get (Redis)"]["p50_us"] / figures["get (cache hit)"]["p50_us"]
-    return {"operations": figures, "hit_speedup_p50": round(ratio, 1)}
+    pipelining = await auto_pipelining(server, sizes)
+    return {"operations": figures, "hit_speedup_p50": round(ratio, 1), "pipelining": pipelining}
+
+
+CONCURRENCY = 32  # callers at once, as many as the HTTP load's connections
+ROUNDS = 7
+
+
+async def concurrent_rate(store: RedisSessions, tokens: list[str], calls: int) -> float:
+    """Calls per second of `get`, len(tokens) callers at once, each turn a new wave."""
+    waves = max(1, calls // len(tokens))
+    started = time.perf_counter()
+    for _ in range(waves):
+        await asyncio.gather(*(store.get(app=APP, token=token) for token in tokens))
+    return waves * len(tokens) / (time.perf_counter() - started)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+    }
+
+
+async def auto_pipelining(server: Server, sizes: Sizes) -> dict[str, Any]:
+    """Concurrent and lone `get` from Redis with auto_pipeline on and off, interleaved."""
+    ns = namespace("pipe")
+    on = RedisSessions(url=server.url, namespace=ns, wipe=0, auto_pipeline=True)
+    off = RedisSessions(url=server.url, namespace=ns, wipe=0, auto_pipeline=False)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    lone: dict[bool, list[float]] = {True: [], False: []}
+    lone_calls = max(50, sizes.store_calls // 10)
+    async with on, off:
+        made = [await on.create(app=APP, id=f"u{i}", ip=IP) for i in range(CONCURRENCY)]
+        tokens = [found["token"] for found in made]
+        for turn in range(ROUNDS):
+            for auto in (True, False) if turn % 2 else (False, True):
+                store = on if auto else off
+                rates[auto].append(await concurrent_rate(store, tokens, sizes.store_calls * 3))
+                samples = await timed(lambda s=store: s.get(app=APP, token=tokens[0]), lone_calls)
+                lone[auto].append(statistics.median(samples) * 1e6)
+        await on.killall(app=APP)
+    return {
+        "concurrency": CONCURRENCY,
+        "rounds": ROUNDS,
+        "concurrent_get_per_s": {"on": spread(rates[True]), "off": spread(rates[False])},
+        "lone_get_p50_us": {"on": spread(lone[True]), "off": spread(lone[False])},
+        "speedup_median": round(
+            statistics.median(rates[True]) / statistics.median(rates[False]), 2
+        ),
+    }

@@ -7,6 +7,11 @@ EVALSHA; after a NOSCRIPT reply (a restarted, flushed or newly promoted server) 
 script is loaded again (on a cluster, on every primary) and the call repeated, so
 callers never see that error.
 
+With auto-pipelining (pipelining.py, off a cluster), the `run` calls of one turn of the
+loop go out as one pipeline; a call whose try there fails goes again alone, under its
+own deadline. Pipelines of their own (`run_many`) and durable kills, whose WAIT counts
+the writes of its own connection, never join one.
+
 On a cluster, redis-py routes each call by its first key and follows MOVED, ASK and
 TRYAGAIN; a pipeline goes out as one batch per node, the nodes at once. A script there
 writes only keys it declared, so that while a slot migrates the server checks every one
@@ -44,6 +49,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import NotDurableError
 from .keys import TEMPLATE_ORDER, Layout
+from .pipelining import ALONE, AutoPipeline
 from .slots import ConnectionSlots
 from .validation import ANONYMOUS_ID
 
@@ -164,6 +170,7 @@ class Scripts:
     _client: Client
     _scripts: dict[str, AsyncScript]
     slots: ConnectionSlots
+    auto: AutoPipeline | None = None
 
     @classmethod
     def bind(
@@ -173,12 +180,21 @@ class Scripts:
         slots: ConnectionSlots,
         references: Sequence[str] = (),
         max_lifetime: int = 0,
+        *,
+        auto_pipeline: bool = False,
     ) -> Scripts:
         """`references`: the data keys whose values the scripts index (kill_by);
-        `max_lifetime`: seconds after creation when every session ends (0: never)."""
+        `max_lifetime`: seconds after creation when every session ends (0: never).
+
+        `auto_pipeline`: the `run` calls of one turn of the loop go out as one pipeline
+        (pipelining.py); a cluster client keeps direct calls.
+        """
         header = layout_header(layout, references, max_lifetime)
         scripts = {op: AsyncScript(client, script_source(op, header)) for op in OPERATIONS}
-        return cls(_client=client, _scripts=scripts, slots=slots)
+        auto = None
+        if auto_pipeline and not isinstance(client, RedisCluster):
+            auto = AutoPipeline(client, slots)
+        return cls(_client=client, _scripts=scripts, slots=slots, auto=auto)
 
     async def preload(self) -> None:
         """Load every script up front, so no first call meets NOSCRIPT."""
@@ -197,12 +213,47 @@ class Scripts:
         """One script call, to await. Not itself a coroutine: one frame less per call."""
         # EVALSHA straight away: redis-py's script wrapper costs a few µs a call.
         script = self._scripts[operation]
-        return self.slots.call(self._evalsha, script, keys, args, operation in NARROWABLE)
+        auto = self.auto
+        if auto is None or auto.direct():
+            return self.slots.call(self._evalsha, script, keys, args, operation in NARROWABLE)
+        return self._run_auto(auto, script, keys, args, operation in NARROWABLE)
+
+    async def _run_auto(
+        self,
+        auto: AutoPipeline,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        narrowable: bool,
+    ) -> Any:
+        """`run` through the auto-pipeline: one deadline for the batch and any retry."""
+        try:
+            async with asyncio.timeout(self.slots.timeout):
+                try:
+                    reply = await auto.send(("EVALSHA", script.sha, len(keys), *keys, *args))
+                except RedisError as error:  # this call's own: retried alone if it may be
+                    return await self.slots.held(
+                        self._evalsha, script, keys, args, narrowable, error
+                    )
+                if reply is not ALONE:
+                    return reply
+                return await self.slots.held(self._evalsha, script, keys, args, narrowable)
+        except TimeoutError:
+            raise self.slots.expired() from None
 
     async def _evalsha(
-        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any], narrowable: bool
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        narrowable: bool,
+        failed: RedisError | None = None,
     ) -> Any:
+        """The call, tried again while `_recover` says it may; `failed`: a first try's
+        error, when that try went out in a pipeline."""
         attempt = _Attempt(list(keys), narrowable)
+        if failed is not None and not await self._recover(script, failed, attempt):
+            raise failed
         # Bounded by the call's deadline (slots.py) as much as by this count.
         for _ in range(MAX_TRIES):
             try:

@@ -50,7 +50,18 @@ class ConnectionSlots:
             async with asyncio.timeout(self.timeout), self._semaphore:
                 return await command(*args, **kwargs)
         except TimeoutError:
-            raise RedisTimeoutError(
-                f"Redis did not answer within {self.timeout} s (the wait for one of the "
-                f"{self.size} connections included)"
-            ) from None
+            raise self.expired() from None
+
+    async def held(
+        self, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """A call made under a deadline the caller set already (see pipelining.py)."""
+        async with self._semaphore:
+            return await command(*args, **kwargs)
+
+    def expired(self) -> RedisTimeoutError:
+        """What a call whose deadline passed raises."""
+        return RedisTimeoutError(
+            f"Redis did not answer within {self.timeout} s (the wait for one of the "
+            f"{self.size} connections included)"
+        )

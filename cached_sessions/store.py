@@ -189,7 +189,10 @@ class RedisSessions:
 
     At most `max_connections` calls to Redis are in flight at once (so at most that
     many connections, plus one for the subscriber), and each call fails after
-    `redis_timeout` seconds, the wait for a free connection included.
+    `redis_timeout` seconds, the wait for a free connection included. With
+    `auto_pipeline`, the script calls that concurrent requests make in one turn of the
+    event loop go out as one pipeline on one connection (pipelining.py); a cluster
+    client keeps direct calls.
     """
 
     def __init__(
@@ -213,6 +216,7 @@ class RedisSessions:
         durable_kills: int = 0,
         durable_wait: float = 1.0,
         max_lifetime: int = 0,
+        auto_pipeline: bool = True,
     ) -> None:
         if redis is not None and url is not None:
             raise ConfigurationError("pass either redis= or url=, not both")
@@ -229,6 +233,9 @@ class RedisSessions:
             raise ConfigurationError("cachemax must be a positive integer")
         if not isinstance(batch, int) or batch < 1:
             raise ConfigurationError("batch must be a positive integer")
+        if not isinstance(auto_pipeline, bool):
+            raise ConfigurationError("auto_pipeline must be True or False")
+        self._auto_pipeline = auto_pipeline
         self._given = redis
         self._url = url if url is not None else os.environ.get("REDIS_URL") or None
         if self._url is not None:
@@ -419,8 +426,9 @@ class RedisSessions:
                     self._redis = self._given or await self._connect()
                 client = self._redis
                 scripts = Scripts.bind(
-                    client, self._layout, self._slots, self._references, self._max_lifetime
-                )
+                    client, self._layout, self._slots, self._references, self._max_lifetime,
+                    auto_pipeline=self._auto_pipeline,
+                )  # fmt: skip
                 await scripts.preload()
                 self._start_tasks(client, scripts)
                 self._scripts = scripts

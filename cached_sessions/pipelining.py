@@ -1,0 +1,140 @@
+"""Auto-pipelining: the script calls that one turn of the event loop makes go out together.
+
+Under load many requests miss the cache in the same turn of the loop: their handlers
+start together because their bytes arrived together. Sent one by one, each call pays
+a round trip, a connection, and a read and a write of the server's event loop; sent as
+one pipeline they share all of these, and Redis answers them in order.
+
+The first call of a turn goes out directly, at once, as it would without this module:
+a lone call pays only for a flag and a callback. The next call of the same turn leads a
+batch: it yields once, so that the calls the rest of the turn makes can join it. Alone
+after all, it goes out directly too. With company, the batch goes out as one pipeline
+in a task of its own, which holds one connection slot and the slots' deadline like any
+call (slots.py), so the connection bound holds. The pipeline reads every reply
+(`raise_on_error=False`) and hands each caller its own reply or error: one failing call
+fails only its caller, and a caller that retries (NOSCRIPT, scripts.py) does so alone.
+
+Each caller keeps its own deadline (scripts.py sets it around the wait). A caller that
+is cancelled, or whose deadline passes, stops waiting; the batch runs on in its task,
+reads every reply so that the connection stays in step, and the others get theirs. A
+batch whose own deadline passes is cancelled mid-read, and redis-py drops that
+connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable
+from typing import Any, Final
+
+from redis.asyncio import Redis
+
+from .slots import ConnectionSlots
+
+__all__ = ["ALONE", "AutoPipeline"]
+
+ALONE: Final = object()  # what a lone call gets back: go out directly
+
+
+class _Batch:
+    """The commands of one turn, and the futures of all callers but the leader."""
+
+    __slots__ = ("commands", "futures")
+
+    def __init__(self, first: tuple[Any, ...]) -> None:
+        self.commands: list[tuple[Any, ...]] = [first]
+        self.futures: list[asyncio.Future[Any]] = []
+
+
+class AutoPipeline:
+    """Groups the commands of one turn into one pipeline on one connection.
+
+    `batches` and `pipelined` count the pipelines sent and the calls they carried, for
+    tests and benchmarks.
+    """
+
+    __slots__ = ("_client", "_open", "_slots", "_tasks", "_turn_taken", "batches", "pipelined")
+
+    def __init__(self, client: Redis, slots: ConnectionSlots) -> None:
+        self._client = client
+        self._slots = slots
+        self._open: _Batch | None = None
+        self._turn_taken = False  # a call of this turn went out directly
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.pipelined = 0
+
+    def direct(self) -> bool:
+        """Whether a call may go out directly now: the first of its turn."""
+        if self._turn_taken or self._open is not None:
+            return False
+        self._turn_taken = True
+        asyncio.get_running_loop().call_soon(self._end_turn)
+        return True
+
+    def _end_turn(self) -> None:
+        self._turn_taken = False
+
+    def send(self, command: tuple[Any, ...]) -> Awaitable[Any]:
+        """The command's reply (its error raised), or ALONE: then the caller sends it.
+
+        Not itself a coroutine: a call that joins a batch only waits on a future.
+        """
+        batch = self._open
+        if batch is None:
+            return self._lead(command)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        batch.commands.append(command)
+        batch.futures.append(future)
+        return future
+
+    async def _lead(self, command: tuple[Any, ...]) -> Any:
+        batch = self._open = _Batch(command)
+        try:
+            await asyncio.sleep(0)  # the rest of this turn's calls join `batch`
+        except asyncio.CancelledError:
+            self._open = None
+            batch.commands.pop(0)  # this caller's own command stays unsent
+            if batch.futures:
+                self._start(batch)
+            raise
+        self._open = None
+        if not batch.futures:
+            return ALONE
+        own: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        batch.futures.insert(0, own)
+        self._start(batch)
+        return await own
+
+    def _start(self, batch: _Batch) -> None:
+        # A task of its own: a cancelled caller must not cancel its neighbours' calls.
+        task = asyncio.create_task(self._execute(batch), name="cached-sessions pipeline")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, batch: _Batch) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for command in batch.commands:
+            pipe.execute_command(*command)
+        futures = batch.futures
+        try:
+            replies = await self._slots.call(pipe.execute, raise_on_error=False)
+        except asyncio.CancelledError:  # the loop is shutting down
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as error:  # the whole batch: unreachable, or its deadline
+            for future in futures:
+                if not future.done():
+                    future.set_exception(copy.copy(error))
+            return
+        self.batches += 1
+        self.pipelined += len(futures)
+        for future, reply in zip(futures, replies, strict=True):
+            if future.done():  # its caller was cancelled or ran out of time
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)

@@ -51,7 +51,7 @@ from . import (
     store_ops,
     wipe,
 )
-from .common import Progress, Server, Sizes, bounded, busy_processes, machine
+from .harness import Progress, Server, Sizes, bounded, busy_processes, machine
 
 RESULTS = Path(__file__).parent / "results"
 SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve", "cluster", "asgi")

@@ -27,7 +27,7 @@ from .asgi_worker import (
     STARSESSIONS_LIFETIME,
     starsessions_prefix,
 )
-from .common import APP, Progress, Server, Sizes, drop_keys, namespace
+from .harness import APP, Progress, Server, Sizes, drop_keys, namespace
 from .fleet import Fleet, difference, hit_rate, total
 from .http_load import CpuMeter, create_sessions, warm_up
 

@@ -38,7 +38,7 @@ from cached_sessions.keys import DEFAULT_BUCKETS, ClusterLayout, Layout
 from . import cluster_capacity
 from .cluster_fill import HOST, Target, fill, sessions_per_primary
 from .cluster_load import OPERATIONS, Job, Result, Stores, run, run_processes
-from .common import APP, Progress, Sizes, busy_processes, load_average, namespace, percentiles
+from .harness import APP, Progress, Sizes, busy_processes, load_average, namespace, percentiles
 
 PRIMARIES = 3
 BALANCE_BUCKETS = (16, 32, 64, 128, 256)

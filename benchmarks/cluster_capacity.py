@@ -36,7 +36,7 @@ from cached_sessions.slots import ConnectionSlots
 from cached_sessions.validation import MAX_DATA_BYTES, MAX_DATA_KEYS, encode_data_patch
 
 from .cluster_fill import HOST, Target, fill, sessions_per_primary
-from .common import APP
+from .harness import APP
 from .populate import SMALL_D, _bulk
 
 CONNECTIONS = 4

@@ -29,7 +29,7 @@ from cached_sessions.scripts import Scripts
 from cached_sessions.slots import ConnectionSlots
 from cached_sessions.validation import encode_create_data
 
-from .common import APP, IP
+from .harness import APP, IP
 from .populate import _bulk, _create_call
 
 BATCH = 5000

@@ -27,7 +27,7 @@ from typing import Any
 
 from cached_sessions import RedisSessions
 
-from .common import APP, IP, child_env, python_command
+from .harness import APP, IP, child_env, python_command
 
 OPERATIONS = ("get-off", "get-on", "set", "create+kill")
 MAX_CALLS = 500_000  # per client and run: a bound on the loop whatever the clock says

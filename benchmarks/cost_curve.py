@@ -28,7 +28,7 @@ from typing import Any
 
 from cached_sessions import RedisSessions
 
-from .common import (
+from .harness import (
     APP,
     IP,
     Progress,

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .common import child_env, free_port, python_command
+from .harness import child_env, free_port, python_command
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0

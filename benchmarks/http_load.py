@@ -20,7 +20,7 @@ from typing import Any
 from cached_sessions import RedisSessions
 
 from . import loadgen
-from .common import APP, IP, Progress, Server, Sizes, drop_keys, namespace
+from .harness import APP, IP, Progress, Server, Sizes, drop_keys, namespace
 from .fleet import Fleet, difference, hit_rate, total
 from .worker import AIOHTTP_SESSION_COOKIE, CONFIGS
 

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .common import child_env, python_command
+from .harness import child_env, python_command
 
 SEED = 7
 PYTHON = "python (aiohttp client, 1 process)"

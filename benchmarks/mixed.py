@@ -18,7 +18,7 @@ from typing import Any
 from cached_sessions import RedisSessions
 
 from . import loadgen
-from .common import APP, Progress, Server, Sizes, namespace
+from .harness import APP, Progress, Server, Sizes, namespace
 from .fleet import Fleet, difference, hit_rate, total
 from .http_load import OUR_COOKIE, create_sessions
 

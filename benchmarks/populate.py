@@ -26,7 +26,7 @@ from cached_sessions.scripts import Scripts
 from cached_sessions.slots import ConnectionSlots
 from cached_sessions.validation import encode_create_data
 
-from .common import APP, IP
+from .harness import APP, IP
 
 BATCH = 5000
 SMALL_D = {"n": 1, "lang": "en"}

@@ -24,7 +24,7 @@ from typing import Any
 from cached_sessions import RedisSessions
 
 from . import http_load
-from .common import APP, ROOT, Progress, Server, Sizes, namespace
+from .harness import APP, ROOT, Progress, Server, Sizes, namespace
 from .worker import CONFIGS
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from cached_sessions import RedisSessions
 from cached_sessions.validation import MAX_DATA_BYTES, MAX_DATA_KEYS, dump_value
 
-from .common import APP, IP, Server, namespace
+from .harness import APP, IP, Server, namespace
 
 REFERENCES = ("org_id", "team")
 KEY_COUNTS = (1, 100, 200, 300, 400, MAX_DATA_KEYS)

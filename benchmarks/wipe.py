@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from cached_sessions import RedisSessions
 from cached_sessions.store import DEFAULT_BATCH
 
-from .common import Progress, Server, Sizes, namespace
+from .harness import Progress, Server, Sizes, namespace
 from .populate import timed_populate
 
 SLOWLOG_US = 200

@@ -53,6 +53,7 @@ from .harness import (
     namespace,
     percentiles,
     python_command,
+    server_version,
     sessions_per_primary,
 )
 
@@ -129,16 +130,6 @@ class Servers:
                 await client.aclose()
         await asyncio.to_thread(self.cluster.wait_replicas_caught_up)
 
-    async def version(self) -> str:
-        client = Redis(host=HOST, port=self.cluster_target.ports[0], decode_responses=True)
-        try:
-            info = await client.info("server")
-        finally:
-            await client.aclose()
-        if "valkey_version" in info:
-            return f"Valkey {info['valkey_version']}"
-        return f"Redis {info['redis_version']}"
-
 
 async def measure(sizes: Sizes, progress: Progress) -> dict[str, Any]:
     try:
@@ -164,7 +155,7 @@ async def measure(sizes: Sizes, progress: Progress) -> dict[str, Any]:
 
 async def _measure(servers: Servers, sizes: Sizes, progress: Progress) -> dict[str, Any]:
     report: dict[str, Any] = {
-        "server": await servers.version(),
+        "server": await server_version(servers.cluster_target.urls[0]),
         "primaries": PRIMARIES,
         "replicas_per_primary": 1,
         "default_buckets": DEFAULT_BUCKETS,

@@ -309,6 +309,18 @@ def machine() -> dict[str, Any]:
 # The server
 
 
+async def server_version(url: str) -> str:
+    """`Valkey x.y.z` or `Redis x.y.z`, as the server at `url` says."""
+    client = Redis.from_url(url, decode_responses=True)
+    try:
+        info = await client.info("server")
+    finally:
+        await client.aclose()
+    if "valkey_version" in info:
+        return f"Valkey {info['valkey_version']}"
+    return f"Redis {info['redis_version']}"
+
+
 class Server:
     """The Redis-compatible server the run measures against: given by URL or embedded."""
 
@@ -328,15 +340,7 @@ class Server:
             # A port of the OS's choosing: other runs' embedded servers take 16379 up.
             self._embedded = EmbeddedServer(port=free_port())
             self.url = await asyncio.to_thread(self._embedded.start)
-        client = Redis.from_url(self.url, decode_responses=True)
-        try:
-            info = await client.info("server")
-        finally:
-            await client.aclose()
-        if "valkey_version" in info:
-            self.version = f"Valkey {info['valkey_version']}"
-        else:
-            self.version = f"Redis {info['redis_version']}"
+        self.version = await server_version(self.url)
         return self
 
     async def cpu_seconds(self) -> float:

@@ -150,7 +150,7 @@ async def at_caps(
         tokens = await new_sessions(store, sessions)
         for token in tokens:
             key = store.layout.session(APP, token)
-            stored = await client.hget(key, "d")
+            stored = str(await client.hget(key, "d"))
             await client.hset(key, "d", stored.replace('"team":"t"', '"team":"x"'))
         await log.reset()
         await store.kill_by(app=APP, field="org_id", value=7)

@@ -3,7 +3,8 @@
 Runs, against one Redis-compatible server (an embedded Valkey unless --url):
 
 1. HTTP throughput and latency, 1 then 2 worker processes: bare aiohttp,
-   aiohttp-session's RedisStorage, this project with the cache off and on (http_load.py);
+   aiohttp-session's RedisStorage, this project with the cache off and on (http_load.py,
+   the workers in worker.py and the load from load.py: wrk, else a Python client);
 2. store operations, µs per call (store_ops.py);
 3. invalidation propagation across 4 worker processes (invalidation.py);
 4. a mixed load of reads and writes with the cache off and on (mixed.py);
@@ -13,7 +14,7 @@ Runs, against one Redis-compatible server (an embedded Valkey unless --url):
    started by the section itself (cluster.py; skipped when no cluster can start);
 7. the HTTP rows again under uvicorn, 1 then 2 worker processes: bare Starlette,
    starsessions' RedisStore, this project's ASGI middleware with the cache off and on
-   (asgi_load.py; skipped when uvicorn, Starlette or starsessions is missing).
+   (http_load.py again; skipped when uvicorn, Starlette or starsessions is missing).
 
 Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into benchmarks/results/ (the stem is
 `benchmarks`; `benchmarks-<sections>` with --only; `benchmarks-quick` with --quick or
@@ -38,20 +39,19 @@ from pathlib import Path
 from typing import Any
 
 from . import (
-    asgi_load,
     chart,
     cluster,
     cost_curve,
     http_load,
     invalidation,
-    loadgen,
     mixed,
     profiling,
     report,
     store_ops,
     wipe,
 )
-from .common import Progress, Server, Sizes, bounded, busy_processes, machine
+from .harness import Progress, Server, Sizes, bounded, busy_processes, machine
+from .load import choose
 
 RESULTS = Path(__file__).parent / "results"
 SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve", "cluster", "asgi")
@@ -69,7 +69,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
         f"wipe: {r['wipe_total_s']} s, longest script call {r['longest_script_call_ms']} ms"
     ),
     "cluster": lambda r: cluster.summary(r),
-    "asgi": lambda r: asgi_load.summary(r),
+    "asgi": lambda r: http_load.summary(r),
 }
 
 
@@ -78,7 +78,7 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
     if arguments.sizes:
         sizes = sizes.__class__(**{**sizes.__dict__, "curve_sizes": tuple(arguments.sizes)})
     wanted = set(arguments.only or SECTIONS)
-    generator, described = loadgen.choose(arguments.loadgen)
+    generator, described = choose(arguments.loadgen)
     report_: dict[str, Any] = {
         "machine": machine(),
         "busy_processes_at_start": busy_processes(),
@@ -93,7 +93,8 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
         SECTION_LIMIT_FULL if sizes.mode == "full" else SECTION_LIMIT_QUICK
     )
     sections: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
-        ("http", "http", lambda: http_load.measure(server, sizes, generator, progress)),
+        ("http", "http", lambda: http_load.measure(
+            http_load.AIOHTTP, server, sizes, generator, progress)),
         ("profile", "profiling", lambda: profiling.measure(
             server, sizes, generator, progress, arguments.out)),
         ("store", "store", lambda: store_ops.measure(server, sizes)),
@@ -102,7 +103,8 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
         ("wipe", "wipe", lambda: wipe.measure(server, sizes, progress)),
         ("curve", "cost_curve", lambda: cost_curve.measure(server, sizes, progress)),
         ("cluster", "cluster", lambda: cluster.measure(sizes, progress)),
-        ("asgi", "asgi", lambda: asgi_load.measure(server, sizes, generator, progress)),
+        ("asgi", "asgi", lambda: http_load.measure(
+            http_load.ASGI, server, sizes, generator, progress)),
     ]  # fmt: skip
     try:
         for name, key, measure in sections:

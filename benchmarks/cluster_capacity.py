@@ -1,7 +1,7 @@
 """What one shard holds: memory per session, and the script calls one primary sustains.
 
 Memory: INFO `used_memory` of each primary before and after a fill of sessions (the
-library's create script, cluster_fill.py), less what does not grow with them (client
+library's create script, harness.fill), less what does not grow with them (client
 and replication buffers, scripts) at either moment, over the sessions that primary
 counts itself (SCAN). Hash tables grow by doubling, so bytes per session move by some
 percent with the count: the figure is for the count measured.
@@ -27,59 +27,32 @@ import json
 import time
 from typing import Any
 
-import hiredis
 from redis.asyncio import Redis
 
 from cached_sessions.keys import Layout
-from cached_sessions.scripts import Scripts
-from cached_sessions.slots import ConnectionSlots
 from cached_sessions.validation import MAX_DATA_BYTES, MAX_DATA_KEYS, encode_data_patch
 
-from .cluster_fill import HOST, Target, fill, sessions_per_primary
-from .common import APP
-from .populate import SMALL_D, _bulk
+from .harness import (
+    APP,
+    HOST,
+    SMALL_D,
+    Target,
+    fill,
+    script_call,
+    scripts_on,
+    send,
+    sessions_per_primary,
+)
 
 CONNECTIONS = 4
 DEPTH = 100  # calls per batch; two batches in flight per connection
-MAX_BATCHES = 100_000  # per connection and run
 GIB = 1 << 30
 FREE_WAIT = 30.0  # seconds a server may take to free a flushed dataset
 LARGE_D = {"profile": "x" * 1000, "lang": "en", "n": 1}  # about 1 KiB of JSON
 DATA = {"small d": SMALL_D, "1 KiB d": LARGE_D}
 
 
-class _Recorder:
-    """Stands in for a pipeline to capture the command `Scripts.queue` would send."""
-
-    def __init__(self) -> None:
-        self.command: tuple[Any, ...] = ()
-
-    def execute_command(self, *args: Any) -> None:
-        self.command = args
-
-
-def _encode(parts: tuple[Any, ...]) -> bytes:
-    return b"*%d\r\n" % len(parts) + b"".join(_bulk(part) for part in parts)
-
-
-def calls(scripts: Scripts, layout: Layout, operation: str, tokens: list[str]) -> list[bytes]:
-    """The store's call of `operation` on each token, encoded, as `get`/`set` send it."""
-    now = int(time.time())
-    encoded = []
-    for n, token in enumerate(tokens):
-        keys = layout.token_keys(APP, token)
-        args: list[Any] = [now, APP, token]
-        if operation == "set":
-            args += [MAX_DATA_BYTES, MAX_DATA_KEYS]
-            for triple in encode_data_patch({"n": n}):
-                args.extend(triple)
-        recorder = _Recorder()
-        scripts.queue(recorder, operation, keys, args)  # type: ignore[arg-type]
-        encoded.append(_encode(recorder.command))
-    return encoded
-
-
-async def _node(port: int, section: str) -> dict[str, Any]:
+async def node_info(port: int, section: str) -> dict[str, Any]:
     client = Redis(host=HOST, port=port, decode_responses=True)
     try:
         return await client.info(section)
@@ -87,45 +60,9 @@ async def _node(port: int, section: str) -> dict[str, Any]:
         await client.aclose()
 
 
-async def _cpu(port: int) -> float:
-    info = await _node(port, "cpu")
+async def cpu_seconds(port: int) -> float:
+    info = await node_info(port, "cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-async def _pipelined(port: int, commands: list[bytes], deadline: float) -> int:
-    """Send `commands` round and round in batches until `deadline`; the calls answered."""
-    reader, writer = await asyncio.open_connection(HOST, port)
-    parser = hiredis.Reader()
-    batches = [b"".join(commands[i : i + DEPTH]) for i in range(0, len(commands), DEPTH)]
-    sizes = [min(DEPTH, len(commands) - i) for i in range(0, len(commands), DEPTH)]
-
-    async def replies(count: int) -> None:
-        while count:
-            reply = parser.gets()
-            if reply is False:
-                chunk = await reader.read(1 << 16)
-                if not chunk:
-                    raise ConnectionError(f"{port} closed the connection")
-                parser.feed(chunk)
-            elif not isinstance(reply, list):  # a session, or the call failed
-                raise RuntimeError(f"a pipelined call on {port} answered {reply!r}")
-            else:
-                count -= 1
-
-    answered, in_flight = 0, 0
-    try:
-        for n in range(MAX_BATCHES):
-            if time.perf_counter() >= deadline:
-                break
-            writer.write(batches[n % len(batches)])
-            await replies(in_flight)
-            answered += in_flight
-            in_flight = sizes[n % len(batches)]
-        await replies(in_flight)
-        return answered + in_flight
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 async def sustained(
@@ -138,20 +75,26 @@ async def sustained(
 ) -> dict[str, Any]:
     """Calls per second one primary answers under a pipelined load, and its CPU time
     (and its replicas') per call."""
-    client = Redis(host=HOST, port=port, decode_responses=True)
-    try:
-        scripts = Scripts.bind(client, layout, ConnectionSlots(1, 10.0))
-        await scripts.load(operation)
-    finally:
-        await client.aclose()
-    commands = calls(scripts, layout, operation, tokens)
-    shares = [commands[i::CONNECTIONS] for i in range(CONNECTIONS)]
-    before = {node: await _cpu(node) for node in [port, *replicas]}
+    url = f"redis://{HOST}:{port}"
+    scripts = await scripts_on(Target.standalone(url), layout, operation)
+    now = int(time.time())
+    commands = []
+    for n, token in enumerate(tokens):
+        args: list[Any] = [now, APP, token]
+        if operation == "set":
+            args += [MAX_DATA_BYTES, MAX_DATA_KEYS]
+            for triple in encode_data_patch({"n": n}):
+                args.extend(triple)
+        commands.append(script_call(scripts, operation, layout.token_keys(APP, token), args))
+    before = {node: await cpu_seconds(node) for node in [port, *replicas]}
     started = time.perf_counter()
     deadline = started + seconds
-    answered = sum(await asyncio.gather(*(_pipelined(port, part, deadline) for part in shares)))
+    answered = sum(await asyncio.gather(*(
+        send(url, commands[i::CONNECTIONS], lambda r: isinstance(r, list), deadline, DEPTH)
+        for i in range(CONNECTIONS)
+    )))  # fmt: skip
     elapsed = time.perf_counter() - started
-    spent = {node: await _cpu(node) - before[node] for node in before}
+    spent = {node: await cpu_seconds(node) - before[node] for node in before}
     primary = spent.pop(port)
     return {
         "calls_per_s": round(answered / elapsed),
@@ -167,7 +110,7 @@ async def sustained(
 async def _freed(port: int) -> None:
     """Return once the server has nothing left to free in the background."""
     for _ in range(int(FREE_WAIT / 0.05)):
-        if int((await _node(port, "memory")).get("lazyfree_pending_objects", 0)) == 0:
+        if int((await node_info(port, "memory")).get("lazyfree_pending_objects", 0)) == 0:
             return
         await asyncio.sleep(0.05)
     raise RuntimeError(f"{port} was still freeing memory after {FREE_WAIT} s")
@@ -177,7 +120,7 @@ async def _memory(port: int) -> int:
     """used_memory less what does not grow with the sessions: client buffers, the
     replication buffers (the backlog fills up to its fixed size with the first writes)
     and the scripts (loaded once)."""
-    info = await _node(port, "memory")
+    info = await node_info(port, "memory")
     if "mem_total_replication_buffers" in info:
         replication = int(info["mem_total_replication_buffers"])
     else:  # before Redis 7: the backlog and the replicas' buffers apart
@@ -203,7 +146,8 @@ async def memory(
     await fill(target, layout, (f"m{n}" for n in range(count)), last_access=now, ttl=86_400, d=d)
     await settle()
     after = {port: await _memory(port) for port in target.ports}
-    held = await sessions_per_primary(target, layout.namespace)
+    held = dict(zip(target.ports, (await sessions_per_primary(target, layout.namespace)).values(),
+                    strict=True))  # fmt: skip
     grown = {port: after[port] - before[port] for port in target.ports}
     per_session = {port: round(grown[port] / held[port]) for port in target.ports if held[port]}
     mean = sum(grown.values()) / max(1, sum(held.values()))

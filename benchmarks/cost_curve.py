@@ -1,6 +1,6 @@
 """4. The cost curve: what a session costs as Redis holds more of them.
 
-Redis is filled step by step to each of `curve_sizes` sessions (populate.py: the
+Redis is filled step by step to each of `curve_sizes` sessions (harness.populate: the
 library's own create script, pipelined; each session with a last access between two
 and one hours ago and a small `d`). At each size:
 
@@ -28,9 +28,10 @@ from typing import Any
 
 from cached_sessions import RedisSessions
 
-from .common import (
+from .harness import (
     APP,
     IP,
+    SMALL_D,
     Progress,
     Server,
     ServerTime,
@@ -38,8 +39,8 @@ from .common import (
     drop_keys,
     namespace,
     percentiles,
+    populate,
 )  # fmt: skip
-from .populate import SMALL_D, timed_populate
 
 AHEAD = 86_400.0  # the "future" store's clock runs this much ahead
 RECENT = 100  # sessions in the soapp/activity window
@@ -124,7 +125,7 @@ async def measure(server: Server, sizes: Sizes, progress: Progress) -> dict[str,
                 now = time.time()
                 more = size - len(tokens) - created - RECENT
                 if more > 0:
-                    new, took = await timed_populate(
+                    new, took = await populate(
                         server.url, ns, more, start=len(tokens),
                         last_access=(now - 7200, now - 3600), ttl=TTL,
                     )  # fmt: skip

@@ -1,132 +1,111 @@
-"""3. Invalidation propagation: from a write's return to every other cache dropping it.
+"""Invalidation propagation: from a write's return to every other cache dropping it.
 
-`invalidation_workers` processes (benchmarks/invalidation_worker.py) each hold one
-session in their cache; this process, which caches nothing, writes it (`set`) or
+`invalidation_workers` processes (the tests' cache worker, tests/worker.py) each hold
+one session in their cache; this process, which caches nothing, writes it (`set`) or
 kills it (`kill`), in turn, `invalidation_rounds` times. For each round and worker:
-the time from the write returning here to that worker dropping its copy, on the one
-system-wide monotonic clock. A drop may even come first (the script publishes before
+the time from the write returning here to that worker's cache dropping its copy, as
+the worker's own `cache_stats()` reports it (`last_invalidation_drop`, taken by the
+library at the drop on the machine-wide monotonic clock; asking for it afterwards
+adds nothing to the figure). A drop may even come first (the script publishes before
 it replies): such delays count as 0 and are reported apart. A worker that has not
-dropped its copy after `TIMEOUT` seconds counts as missed. `since_call` times the same
-drops from just before the write was sent: an upper bound that includes the write's
-own round trip.
+dropped its copy after `TIMEOUT` seconds counts as missed. `since_call` times the
+same drops from just before the write was sent: an upper bound that includes the
+write's own round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cached_sessions import RedisSessions
 
-from .common import APP, IP, Progress, Server, Sizes, child_env, namespace, percentiles
-from .common import python_command as command
+from .harness import APP, IP, Progress, Server, Sizes, namespace, percentiles
+
+if TYPE_CHECKING:
+    from tests.worker import Worker
 
 TIMEOUT = 2.0
+# The drop's time comes from the worker, so asking late costs nothing but wall time;
+# asking often would take the workers' CPU while the message is on its way.
+FIRST_ASK = 0.005
+POLL = 0.01
 
 
-class Holder:
-    """One worker process and its line protocol."""
+async def hold(worker: Worker, token: str) -> int:
+    """Have the worker cache the session; its drop count before the write."""
+    for _ in range(5):
+        reply = await worker.call(
+            "batch",
+            commands=[{"op": "get", "app": APP, "token": token}, {"op": "stats"}],
+        )
+        _, stats = reply["replies"]
+        if stats["stats"]["entries"]:
+            return int(stats["stats"]["invalidation_drops"])
+    raise RuntimeError("a worker could not cache the session (is its subscription up?)")
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
 
-    @classmethod
-    async def start(cls, url: str, ns: str) -> Holder:
-        process = await asyncio.create_subprocess_exec(
-            *command("invalidation_worker", url, ns),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=child_env(),
-        )  # fmt: skip
-        holder = cls(process)
-        await holder.expect("ready")
-        return holder
-
-    async def expect(self, prefix: str) -> str:
-        assert self.process.stdout is not None
-        while True:
-            line = (await self.process.stdout.readline()).decode()
-            if not line:
-                assert self.process.stderr is not None
-                err = (await self.process.stderr.read()).decode(errors="replace")
-                raise RuntimeError(f"an invalidation worker exited:\n{err[-3000:]}")
-            if line.startswith(prefix):
-                return line.strip()
-
-    def send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-
-    async def hold(self, token: str) -> None:
-        for _ in range(5):
-            self.send(f"cache {token}")
-            if await self.expect("cached ") == "cached 1":
-                return
-        raise RuntimeError("a worker could not cache the session (is its subscription up?)")
-
-    async def dropped(self, token: str) -> float:
-        while True:
-            _, seen, at = (await self.expect("dropped ")).split()
-            if seen == token:
-                return float(at)
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.send("quit")
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+async def dropped(worker: Worker, before: int) -> float:
+    """The monotonic time of the worker's next drop, once it has reported one."""
+    deadline = time.monotonic() + TIMEOUT
+    await asyncio.sleep(FIRST_ASK)
+    while time.monotonic() < deadline:
+        stats = await worker.stats()
+        if stats["invalidation_drops"] > before:
+            return float(stats["last_invalidation_drop"])
+        await asyncio.sleep(POLL)
+    raise TimeoutError
 
 
 async def measure(server: Server, sizes: Sizes, progress: Progress) -> dict[str, Any]:
+    from tests.worker import WorkerPool
+
     ns = namespace("inv")
     rounds = sizes.invalidation_rounds
-    holders = await asyncio.gather(
-        *(Holder.start(server.url, ns) for _ in range(sizes.invalidation_workers))
-    )
+    pool = WorkerPool(server.url, ns)
     delays: dict[str, list[float]] = {"set": [], "kill": []}
-    since_call: list[float] = []  # from just before the write was sent: an upper bound
+    since_call: list[float] = []
     early = missed = 0
     try:
+        workers = await pool.spawn(sizes.invalidation_workers, cachetime=600)
         async with RedisSessions(url=server.url, namespace=ns, wipe=0) as writer:
             token = ""
             for n in range(rounds):
                 operation = "kill" if n % 2 else "set"
                 if not token:
                     token = (await writer.create(app=APP, id="u", ip=IP, d={"n": 0}))["token"]
-                await asyncio.gather(*(h.hold(token) for h in holders))
-                waits = [asyncio.ensure_future(h.dropped(token)) for h in holders]
+                counts = await asyncio.gather(*(hold(w, token) for w in workers))
                 called = time.monotonic()
                 if operation == "set":
                     await writer.set(app=APP, token=token, d={"n": n})
                 else:
                     await writer.kill(app=APP, token=token)
                 returned = time.monotonic()
-                done, pending = await asyncio.wait(waits, timeout=TIMEOUT)
-                for wait in pending:
-                    wait.cancel()
-                missed += len(pending)
-                for wait in done:
-                    since_call.append(wait.result() - called)
-                    delay = wait.result() - returned
-                    early += delay < 0
-                    delays[operation].append(max(delay, 0.0))
-                if pending:
-                    raise RuntimeError(f"{len(pending)} workers kept a stale copy {TIMEOUT} s")
+                seen = await asyncio.gather(
+                    *(dropped(w, c) for w, c in zip(workers, counts, strict=True)),
+                    return_exceptions=True,
+                )
+                for at in seen:
+                    if isinstance(at, BaseException):
+                        missed += 1
+                        continue
+                    since_call.append(at - called)
+                    early += at < returned
+                    delays[operation].append(max(at - returned, 0.0))
+                if missed:
+                    raise RuntimeError(f"{missed} workers kept a stale copy {TIMEOUT} s")
                 if operation == "kill":
                     token = ""
                 if (n + 1) % max(1, rounds // 4) == 0:
                     progress(f"invalidation: {n + 1}/{rounds} writes")
             await writer.killall(app=APP)
     finally:
-        await asyncio.gather(*(h.stop() for h in holders))
-    both = delays["set"] + delays["kill"]
+        await pool.aclose()
     return {
         "workers": sizes.invalidation_workers,
         "writes": rounds,
-        "all": percentiles(both),
+        "all": percentiles(delays["set"] + delays["kill"]),
         "set": percentiles(delays["set"]),
         "kill": percentiles(delays["kill"]),
         "since_call": percentiles(since_call),

@@ -17,10 +17,10 @@ from typing import Any
 
 from cached_sessions import RedisSessions
 
-from . import loadgen
-from .common import APP, Progress, Server, Sizes, namespace
-from .fleet import Fleet, difference, hit_rate, total
-from .http_load import OUR_COOKIE, create_sessions
+from .harness import APP, Progress, Server, Sizes, namespace
+from .http_load import create_sessions
+from .load import Fleet, hit_rate, loaded, warm
+from .worker import COOKIE
 
 UPDATE_SHARE = 0.025
 LOGOUT_SHARE = 0.0125
@@ -31,21 +31,18 @@ async def run_one(config: str, server: Server, sizes: Sizes, generator: str) -> 
     async with RedisSessions(url=server.url, namespace=ns, wipe=0) as store:
         tokens = await create_sessions(store, sizes.mixed_users, {"n": 0})
         users = [[f"user{i}", token] for i, token in enumerate(tokens)]
-        scenario = {"kind": "mixed", "cookie": OUR_COOKIE, "users": users,
+        scenario = {"kind": "mixed", "cookie": COOKIE, "users": users,
                     "update": UPDATE_SHARE, "logout": LOGOUT_SHARE}  # fmt: skip
         try:
-            async with Fleet(config, sizes.mixed_workers, server.url, ns) as fleet:
-                await loadgen.warm(fleet.port, scenario, sizes.http_warmup)
-                before = total(await fleet.stats())
-                result = await loadgen.generate(
-                    generator, fleet.port, scenario, connections=sizes.connections,
-                    seconds=sizes.mixed_seconds,
+            async with Fleet("aiohttp", config, sizes.mixed_workers, server.url, ns) as fleet:
+                await warm(fleet.port, scenario, sizes.http_warmup)
+                result, served, _ = await loaded(
+                    fleet, server, generator, scenario,
+                    connections=sizes.connections, seconds=sizes.mixed_seconds,
                 )  # fmt: skip
-                after = total(await fleet.stats())
         finally:
             await store.killall(app=APP)
-    served = difference(after, before)
-    requests = served["requests"]
+    requests, cache = dict(served["requests"]), served["cache"]
     count = sum(v for k, v in requests.items() if k in ("read", "login", "logout", "update"))
     writes = sum(requests.get(k, 0) for k in ("login", "logout", "update"))
     row: dict[str, Any] = {"config": config, "workers": sizes.mixed_workers}
@@ -53,8 +50,8 @@ async def run_one(config: str, server: Server, sizes: Sizes, generator: str) -> 
     row["served"] = requests
     row["write_share"] = round(writes / count, 4) if count else None
     if config == "cache-on":
-        row["hit_rate"] = hit_rate(served["cache"])
-        row["invalidations"] = served["cache"].get("invalidations", 0)
+        row["hit_rate"] = hit_rate(cache)
+        row["invalidations"] = cache["invalidations"]
     return row
 
 

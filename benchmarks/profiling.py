@@ -24,7 +24,7 @@ from typing import Any
 from cached_sessions import RedisSessions
 
 from . import http_load
-from .common import APP, ROOT, Progress, Server, Sizes, namespace
+from .harness import APP, ROOT, Progress, Server, Sizes, drop_keys, namespace
 from .worker import CONFIGS
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*?)(?::\d+)?\)$")
@@ -101,39 +101,21 @@ def summarize(path: Path, cpu_us: float | None, top: int = 15) -> dict[str, Any]
     def per_request(count: int) -> float | None:
         return None if cpu_us is None else round(count / total * cpu_us, 1)
 
-    ours = [
-        {
-            "function": f"{_short(file)}:{function}",
-            "inclusive": share(count),
-            "us_per_request": per_request(count),
-        }
-        for (file, function), count in inclusive.most_common()
-        if any(marker in file for marker in OURS)
-    ][:top]
-    own_code = [
-        {
-            "function": f"{_short(file)}:{function}",
-            "self": share(count),
-            "us_per_request": per_request(count),
-        }
-        for (file, function), count in own.most_common()
-        if any(marker in file for marker in OURS)
-    ][:top]
-    hottest = [
-        {
-            "function": f"{_short(file)}:{function}",
-            "self": share(count),
-            "us_per_request": per_request(count),
-        }
-        for (file, function), count in own.most_common(top)
-    ]
+    def listed(counts: Counter[tuple[str, str]], kind: str, ours: bool) -> list[dict[str, Any]]:
+        return [
+            {"function": f"{_short(file)}:{function}", kind: share(count),
+             "us_per_request": per_request(count)}
+            for (file, function), count in counts.most_common()
+            if not ours or any(marker in file for marker in OURS)
+        ][:top]  # fmt: skip
+
     return {
         "samples": total,
         "cpu_us_per_request": cpu_us,
         "layers": {name: share(count) for name, count in layers.most_common()},
-        "session_layer_inclusive": ours,
-        "session_layer_self": own_code,
-        "hottest_self": hottest,
+        "session_layer_inclusive": listed(inclusive, "inclusive", ours=True),
+        "session_layer_self": listed(own, "self", ours=True),
+        "hottest_self": listed(own, "self", ours=False),
     }
 
 
@@ -143,28 +125,27 @@ async def measure(
     tool = "py-spy" if pyspy() else "pyinstrument"
     out: dict[str, Any] = {"tool": tool, "profiles": {}}
     ns = namespace("prof")
-    missing = http_load.aiohttp_session_missing()
+    framework = http_load.AIOHTTP
+    missing = http_load.missing(framework)
     async with RedisSessions(url=server.url, namespace=ns, wipe=0) as store:
         ours = await http_load.create_sessions(store, sizes.http_sessions, {"n": 1})
-        theirs = (
-            [] if missing else await http_load.aiohttp_session_keys(server, ns, sizes.http_sessions)
-        )
         try:
-            for config in CONFIGS:
-                if config == "aiohttp-session" and missing:
+            theirs = [] if missing else await http_load.rival_sessions(
+                framework, server, ns, sizes.http_sessions)  # fmt: skip
+            for config in CONFIGS["aiohttp"]:
+                if config == framework.rival and missing:
                     continue
                 target = folder / f"profile-{config}.txt"
                 target.unlink(missing_ok=True)
+                options: dict[str, Any] = {"pyinstrument_to": str(target)}
                 if tool == "py-spy":
-                    options: dict[str, Any] = {"wrapper": [
+                    options = {"wrapper": [
                         str(pyspy()), "record", "--format", "raw", "--nolineno",
                         "--rate", "250", "--output", str(target), "--",
                     ]}  # fmt: skip
-                else:
-                    options = {"pyinstrument_to": str(target)}
-                scenario = http_load.scenario_for(config, ns, ours, theirs)
+                scenario = http_load.scenario_for(framework, config, ns, ours, theirs)
                 row = await http_load.run_one(
-                    config, 1, server, ns, scenario, sizes, generator, **options
+                    framework, config, 1, server, ns, scenario, sizes, generator, **options
                 )
                 entry: dict[str, Any] = {
                     "rps_while_profiled": row["rps"], "file": target.name,
@@ -177,6 +158,11 @@ async def measure(
                          f"kept in {target.name}")  # fmt: skip
         finally:
             await store.killall(app=APP)
+            client = server.client()
+            try:
+                await drop_keys(client, http_load.rival_keys(framework, ns))
+            finally:
+                await client.aclose()
     return out
 
 

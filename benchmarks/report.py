@@ -116,23 +116,8 @@ def markdown(report: dict[str, Any], image: str | None, folder: str = "") -> str
             f"**HTTP**: {http['connections']} connections, {http['seconds']} s per row, "
             f"a handler reading one session value, {http['sessions']:,} sessions in turn.",
             "",
-            "| configuration | workers | req/s | p50 ms | p99 ms | vs aiohttp-session | vs bare "
-            "| worker CPU µs/req | Redis CPU µs/req |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_http_table(http["rows"], "aiohttp-session", "x_aiohttp_session"),
         ]
-        for row in http["rows"]:
-            if "skipped" in row:
-                lines.append(
-                    f"| {row['label']} | {row['workers']} | skipped: {row['skipped']} | | | | | | |"
-                )
-                continue
-            errors = f" ({sum(row['errors'].values())} errors)" if row["errors"] else ""
-            lines.append(
-                f"| {row['label']}{errors} | {row['workers']} | {_n(row['rps'])} | "
-                f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-                f"{_ratio(row.get('x_aiohttp_session'))} | {_ratio(row.get('x_bare'))} | "
-                f"{_n(row.get('worker_cpu_us'))} | {_n(row.get('redis_cpu_us'))} |"
-            )
         if report["load_generator"].startswith("python"):
             lines += ["", "The load came from the Python generator, which may itself be the "
                       "bottleneck: ratios near 1 then understate the differences (install "
@@ -432,22 +417,33 @@ def asgi_markdown(asgi: dict[str, Any]) -> list[str]:
     """The ASGI rows as a table, with the ratios to starsessions and to bare Starlette."""
     if "skipped" in asgi:
         return [f"**ASGI**: skipped ({asgi['skipped']})."]
-    lines = [
+    return [
         f"**ASGI** ({asgi['server']}): {asgi['connections']} connections, "
         f"{asgi['seconds']} s per row, the same handler reading one session value, "
         f"{asgi['sessions']:,} sessions in turn.",
         "",
-        "| configuration | workers | req/s | p50 ms | p99 ms | vs starsessions | vs bare "
+        *_http_table(asgi["rows"], "starsessions", "x_starsessions"),
+    ]
+
+
+def _http_table(rows: list[dict[str, Any]], rival: str, key: str) -> list[str]:
+    """HTTP rows with their ratios to the rival library and to the bare framework."""
+    lines = [
+        f"| configuration | workers | req/s | p50 ms | p99 ms | vs {rival} | vs bare "
         "| worker CPU µs/req | Redis CPU µs/req |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in asgi["rows"]:
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['label']} | {row['workers']} | skipped: {row['skipped']} "
+                         "| | | | | | |")  # fmt: skip
+            continue
         errors = f" ({sum(row['errors'].values())} errors)" if row["errors"] else ""
         lines.append(
             f"| {row['label']}{errors} | {row['workers']} | {_n(row['rps'])} | "
-            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
-            f"{_ratio(row.get('x_starsessions'))} | {_ratio(row.get('x_bare'))} | "
-            f"{_n(row.get('worker_cpu_us'))} | {_n(row.get('redis_cpu_us'))} |"
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {_ratio(row.get(key))} | "
+            f"{_ratio(row.get('x_bare'))} | {_n(row.get('worker_cpu_us'))} | "
+            f"{_n(row.get('redis_cpu_us'))} |"
         )
     return lines
 

@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from cached_sessions import RedisSessions
 from cached_sessions.validation import MAX_DATA_BYTES, MAX_DATA_KEYS, dump_value
 
-from .common import APP, IP, Server, namespace
+from .harness import APP, IP, Server, namespace
 
 REFERENCES = ("org_id", "team")
 KEY_COUNTS = (1, 100, 200, 300, 400, MAX_DATA_KEYS)
@@ -150,7 +150,7 @@ async def at_caps(
         tokens = await new_sessions(store, sessions)
         for token in tokens:
             key = store.layout.session(APP, token)
-            stored = await client.hget(key, "d")
+            stored = str(await client.hget(key, "d"))
             await client.hset(key, "d", stored.replace('"team":"t"', '"team":"x"'))
         await log.reset()
         await store.kill_by(app=APP, field="org_id", value=7)

@@ -20,7 +20,7 @@ from typing import Any
 
 from cached_sessions import RedisSessions
 
-from .common import APP, IP, Server, ServerTime, Sizes, namespace, percentiles
+from .harness import APP, IP, Server, ServerTime, Sizes, namespace, percentiles
 
 
 async def timed(call: Callable[[], Awaitable[Any]], count: int) -> list[float]:

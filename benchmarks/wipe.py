@@ -18,8 +18,7 @@ from redis.exceptions import ResponseError
 from cached_sessions import RedisSessions
 from cached_sessions.store import DEFAULT_BATCH
 
-from .common import Progress, Server, Sizes, namespace
-from .populate import timed_populate
+from .harness import Progress, Server, Sizes, namespace, populate
 
 SLOWLOG_US = 200
 EXPIRED_TTL = 10
@@ -34,7 +33,7 @@ async def measure(server: Server, sizes: Sizes, progress: Progress) -> dict[str,
     ns = namespace("wipe")
     count = sizes.wipe_sessions
     now = time.time()
-    _, took = await timed_populate(
+    _, took = await populate(
         server.url, ns, count, last_access=(now - 3600, now - 600), ttl=EXPIRED_TTL
     )
     progress(f"wipe: {count:,} expired sessions in Redis ({count / took:,.0f}/s)")

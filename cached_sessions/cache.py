@@ -32,6 +32,7 @@ import asyncio
 import copy
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -137,6 +138,10 @@ class SessionCache:
         self.fills = 0
         self.fills_refused = 0
         self.invalidations = 0
+        self.invalidation_drops = 0
+        # time.monotonic() of the last entry a message dropped: one clock for every
+        # process of the machine, so another process can time the propagation.
+        self.last_invalidation_drop: float | None = None
         self.local_drops = 0
         self.touches_flushed = 0
         self.touch_errors = 0
@@ -246,7 +251,9 @@ class SessionCache:
     def invalidate(self, app: str, token: str) -> None:
         """Another process (or this one) changed or removed the session."""
         self.invalidations += 1
-        self._forget((app, token))
+        if self._forget((app, token)):
+            self.invalidation_drops += 1
+            self.last_invalidation_drop = time.monotonic()
 
     def drop(self, app: str, token: str) -> None:
         """This process wrote the session: read-your-writes from here on."""
@@ -279,11 +286,13 @@ class SessionCache:
         for key in [key for key, fill in self._fills.items() if fill.app == app]:
             self._fills.pop(key).stale = True
 
-    def _forget(self, key: Key) -> None:
-        self._entries.pop(key, None)
+    def _forget(self, key: Key) -> bool:
+        """Drop the entry and make its fill stale; whether an entry was held."""
+        held = self._entries.pop(key, None) is not None
         fill = self._fills.pop(key, None)
         if fill is not None:
             fill.stale = True
+        return held
 
     def lost(self, reason: str) -> None:
         """The subscription may have missed messages: forget everything, bypass."""
@@ -343,6 +352,8 @@ class SessionCache:
             "fills": self.fills,
             "fills_refused": self.fills_refused,
             "invalidations": self.invalidations,
+            "invalidation_drops": self.invalidation_drops,
+            "last_invalidation_drop": self.last_invalidation_drop,
             "local_drops": self.local_drops,
             "flushes": sum(self.flushes.values()),
             "flush_reasons": dict(self.flushes),

@@ -1,7 +1,8 @@
-"""What every benchmark module shares: sizes, progress, percentiles, the machine, the server.
+"""What every benchmark module shares: sizes, progress, percentiles, the machine, the
+server, and filling a server or a cluster with sessions fast.
 
-Nothing here measures anything; the sections (http_load, store_ops, invalidation,
-cost_curve, wipe, mixed) do, each in its own module.
+Nothing here measures anything; the sections do, each in its own module. The HTTP
+sections share their worker fleet and load generators in load.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import math
 import os
 import platform
+import random
 import shutil
 import socket
 import statistics
@@ -17,14 +19,22 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
+import hiredis
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
-from cached_sessions import EmbeddedServer
+from cached_sessions import EmbeddedServer, KeyLayout
+from cached_sessions.keys import ClusterLayout, Layout
+from cached_sessions.scripts import Scripts
+from cached_sessions.slots import ConnectionSlots
+from cached_sessions.validation import encode_create_data
 
 T = TypeVar("T")
 
@@ -299,6 +309,18 @@ def machine() -> dict[str, Any]:
 # The server
 
 
+async def server_version(url: str) -> str:
+    """`Valkey x.y.z` or `Redis x.y.z`, as the server at `url` says."""
+    client = Redis.from_url(url, decode_responses=True)
+    try:
+        info = await client.info("server")
+    finally:
+        await client.aclose()
+    if "valkey_version" in info:
+        return f"Valkey {info['valkey_version']}"
+    return f"Redis {info['redis_version']}"
+
+
 class Server:
     """The Redis-compatible server the run measures against: given by URL or embedded."""
 
@@ -318,15 +340,7 @@ class Server:
             # A port of the OS's choosing: other runs' embedded servers take 16379 up.
             self._embedded = EmbeddedServer(port=free_port())
             self.url = await asyncio.to_thread(self._embedded.start)
-        client = Redis.from_url(self.url, decode_responses=True)
-        try:
-            info = await client.info("server")
-        finally:
-            await client.aclose()
-        if "valkey_version" in info:
-            self.version = f"Valkey {info['valkey_version']}"
-        else:
-            self.version = f"Redis {info['redis_version']}"
+        self.version = await server_version(self.url)
         return self
 
     async def cpu_seconds(self) -> float:
@@ -389,3 +403,236 @@ async def drop_keys(client: Redis, pattern: str) -> int:
     if batch:
         removed += await client.unlink(*batch)
     return removed
+
+
+# Filling a server or a cluster fast
+#
+# One `create` call per session through the client costs a round trip and redis-py's
+# encoding (about 5,000 sessions/s), which would make a million sessions take minutes.
+# Here the very EVALSHA that `RedisSessions.create` sends (asked of the library's
+# `Scripts.queue`) is encoded once per session and written in large batches on a plain
+# connection to the server, or to the primary that owns the session's slot, while the
+# previous batch's replies are read.
+
+HOST = "127.0.0.1"
+BATCH = 5000
+SMALL_D = {"n": 1, "lang": "en"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a layout's keys live: `ranges` is (first slot, last slot, URL) per range.
+
+    A standalone server is one range covering every slot.
+    """
+
+    ranges: tuple[tuple[int, int, str], ...]
+    cluster: bool
+
+    @classmethod
+    def standalone(cls, url: str) -> Target:
+        return cls(((0, 16383, url),), cluster=False)
+
+    @classmethod
+    async def of_cluster(cls, port: int) -> Target:
+        """The slot map as the node on `port` serves it (CLUSTER SLOTS)."""
+        client = Redis(host=HOST, port=port, decode_responses=True)
+        try:
+            rows = await client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        finally:
+            await client.aclose()
+        ranges = sorted((int(r[0]), int(r[1]), f"redis://{HOST}:{int(r[2][1])}") for r in rows)
+        return cls(tuple(ranges), cluster=True)
+
+    @property
+    def urls(self) -> list[str]:
+        """The primaries, in slot order."""
+        return list(dict.fromkeys(url for _, _, url in self.ranges))
+
+    @property
+    def ports(self) -> list[int]:
+        return [urlsplit(url).port or 6379 for url in self.urls]
+
+    def url_of_slot(self, slot: int) -> str:
+        for first, last, url in self.ranges:
+            if first <= slot <= last:
+                return url
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def port_of_slot(self, slot: int) -> int:
+        return urlsplit(self.url_of_slot(slot)).port or 6379
+
+    def url_of_key(self, key: str) -> str:
+        return self.url_of_slot(key_slot(key.encode()) if self.cluster else 0)
+
+    def layout(self, namespace: str, buckets: int) -> Layout:
+        return ClusterLayout(namespace, buckets) if self.cluster else KeyLayout(namespace)
+
+    def url(self) -> str:
+        """A URL the library takes: the cluster's (any primary), or the server's."""
+        first = self.urls[0]
+        return first.replace("redis://", "redis+cluster://", 1) if self.cluster else first
+
+
+class _Recorder:
+    """Stands in for a pipeline to capture the command `Scripts.queue` would send."""
+
+    def __init__(self) -> None:
+        self.command: tuple[Any, ...] = ()
+
+    def execute_command(self, *args: Any) -> None:
+        self.command = args
+
+
+def encode(parts: Iterable[Any]) -> bytes:
+    """One command in RESP."""
+    data = [part if isinstance(part, bytes) else str(part).encode() for part in parts]
+    return b"*%d\r\n" % len(data) + b"".join(b"$%d\r\n%s\r\n" % (len(d), d) for d in data)
+
+
+async def scripts_on(target: Target, layout: Layout, operation: str) -> Scripts:
+    """The library's scripts for `layout`, with `operation` loaded on every primary."""
+    scripts: Scripts | None = None
+    for url in target.urls:
+        client = Redis.from_url(url, decode_responses=True)
+        try:
+            scripts = Scripts.bind(client, layout, ConnectionSlots(1, 10.0))
+            await scripts.load(operation)
+        finally:
+            await client.aclose()
+    assert scripts is not None
+    return scripts
+
+
+def script_call(scripts: Scripts, operation: str, keys: list[str], args: list[Any]) -> bytes:
+    """The store's very call of `operation`, encoded."""
+    recorder = _Recorder()
+    scripts.queue(recorder, operation, keys, args)  # type: ignore[arg-type]
+    return encode(recorder.command)
+
+
+async def _connect(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare RESP connection, authenticated and on the URL's database."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        reader, writer = await asyncio.open_unix_connection(parts.path)
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        db = query.get("db", "0")
+    else:
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 6379)
+        db = parts.path.strip("/") or "0"
+    setup = []
+    if parts.password is not None:
+        user = [unquote(parts.username)] if parts.username else []
+        setup.append(encode(["AUTH", *user, unquote(parts.password)]))
+    if db != "0":
+        setup.append(encode(["SELECT", db]))
+    if setup:
+        await pipelined(reader, writer, [b"".join(setup)], [len(setup)], lambda r: r == "OK")
+    return reader, writer
+
+
+async def pipelined(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, batches: list[bytes],
+    sizes: list[int], good: Callable[[Any], bool], deadline: float | None = None,
+) -> int:  # fmt: skip
+    """Write the batches (round and round until `deadline`, else once) while reading the
+    previous batch's replies; the replies read. A reply not `good` raises."""
+    parser = hiredis.Reader(encoding="utf-8", errors="replace")
+
+    async def replies(count: int) -> None:
+        while count:
+            reply = parser.gets()
+            if reply is False:
+                chunk = await reader.read(1 << 16)
+                if not chunk:
+                    raise ConnectionError("the server closed the connection")
+                parser.feed(chunk)
+            elif not good(reply):
+                raise RuntimeError(f"unexpected reply to a pipelined call: {reply!r}")
+            else:
+                count -= 1
+
+    answered = in_flight = 0
+    for n in range(len(batches) if deadline is None else 1 << 62):
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        writer.write(batches[n % len(batches)])
+        await writer.drain()
+        await replies(in_flight)
+        answered += in_flight
+        in_flight = sizes[n % len(batches)]
+    await replies(in_flight)
+    return answered + in_flight
+
+
+async def send(url: str, commands: list[bytes], good: Callable[[Any], bool],
+               deadline: float | None = None, batch: int = BATCH) -> int:  # fmt: skip
+    """`commands` on one new connection to `url`, in batches; see `pipelined`."""
+    batches = [b"".join(commands[i : i + batch]) for i in range(0, len(commands), batch)]
+    sizes = [min(batch, len(commands) - i) for i in range(0, len(commands), batch)]
+    reader, writer = await _connect(url)
+    try:
+        return await pipelined(reader, writer, batches, sizes, good, deadline)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def fill(
+    target: Target,
+    layout: Layout,
+    ids: Iterable[str],
+    *,
+    last_access: float | tuple[float, float],
+    ttl: int,
+    d: dict[str, Any] | None = None,
+    app: str = APP,
+) -> list[str]:
+    """One session per id, by the library's create script, with `la` = `last_access`
+    (or drawn from the (earliest, latest) range given); the tokens, in the order of `ids`.
+    """
+    scripts = await scripts_on(target, layout, "create")
+    data = encode_create_data(d)
+    draw = random.Random(0)
+    by_url: dict[str, list[bytes]] = defaultdict(list)
+    tokens = []
+    for id in ids:
+        bucket = layout.bucket_of_id(id)
+        token = layout.new_token(bucket)
+        keys = [
+            layout.session(app, token), layout.app_sessions(app, bucket),
+            layout.app_users(app, bucket), layout.user_tokens(app, id),
+            layout.expiry_index(bucket),
+        ]  # fmt: skip
+        la = last_access if isinstance(last_access, int | float) else draw.uniform(*last_access)
+        args = [int(la), app, token, id, IP, ttl, data, ""]
+        by_url[target.url_of_key(keys[0])].append(script_call(scripts, "create", keys, args))
+        tokens.append(token)
+    await asyncio.gather(*(send(url, calls, lambda r: r == 1) for url, calls in by_url.items()))
+    return tokens
+
+
+async def sessions_per_primary(target: Target, namespace: str) -> dict[str, int]:
+    """Session hashes of `namespace` on each primary, counted by the primary (SCAN)."""
+    counts: Counter[str] = Counter()
+    for url in target.urls:
+        client = Redis.from_url(url, decode_responses=True)
+        try:
+            async for _ in client.scan_iter(match=f"{namespace}:*", count=5000, _type="hash"):
+                counts[url] += 1
+        finally:
+            await client.aclose()
+    return {url: counts[url] for url in target.urls}
+
+
+async def populate(
+    url: str, ns: str, count: int, *, start: int = 0, **options: Any
+) -> tuple[list[str], float]:
+    """`count` sessions (ids `u<start>`...) in one server: their tokens, and the seconds
+    the fill took. `options` are `fill`'s."""
+    started = time.perf_counter()
+    options.setdefault("d", SMALL_D)
+    ids = (f"u{n}" for n in range(start, start + count))
+    tokens = await fill(Target.standalone(url), KeyLayout(ns), ids, **options)
+    return tokens, time.perf_counter() - started

@@ -125,8 +125,8 @@ async def test_a_failing_call_fails_only_its_caller(
         # A key of the wrong type makes the script fail (WRONGTYPE)...
         await redis.delete(store.layout.session(APP, tokens[3]))
         await redis.set(store.layout.session(APP, tokens[3]), "not a hash")
-        # ...and stored data that is not flat is refused by a merge.
-        await redis.hset(store.layout.session(APP, tokens[6]), "d", '{"i": {"deep": 1}}')
+        # ...and stored data that is not JSON is refused by a merge.
+        await redis.hset(store.layout.session(APP, tokens[6]), "d", '{"i": 6')
         calls: list[Awaitable[Any]] = [store.get(app=APP, token=t) for t in tokens[:6]]
         calls.append(store.set(app=APP, token=tokens[6], d={"j": 6}))
         calls += [store.get(app=APP, token=t) for t in tokens[7:]]

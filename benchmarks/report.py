@@ -23,32 +23,17 @@ def _target(
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 7 with what this run measured; `met` None: not measured."""
+    """Each target of issue 15 with what this run measured; `met` None: not measured."""
     out = []
-    http = report.get("http")
-    if http:
-        for workers in sorted({r["workers"] for r in http["rows"]}):
-            on, off = _row(report, "cache-on", workers), _row(report, "cache-off", workers)
-            theirs = _row(report, "aiohttp-session", workers)
-            skipped = "" if theirs else "aiohttp-session not measured"
-            suffix = f" ({workers} worker{'s' if workers > 1 else ''})"
-            if on:
-                ratio = on.get("x_aiohttp_session")
-                out.append(_target(
-                    "cache on vs aiohttp-session" + suffix, ">= 3.0x",
-                    ratio, None if ratio is None else ratio >= 3.0, skipped,
-                ))  # fmt: skip
-                ratio = on.get("x_bare")
-                out.append(_target(
-                    "cache on vs bare aiohttp" + suffix, ">= 0.80x",
-                    ratio, None if ratio is None else ratio >= 0.8,
-                ))  # fmt: skip
-            if off:
-                ratio = off.get("x_aiohttp_session")
-                out.append(_target(
-                    "cache off vs aiohttp-session" + suffix, ">= 1.0x",
-                    ratio, None if ratio is None else ratio >= 1.0, skipped,
-                ))  # fmt: skip
+    if report.get("http"):
+        out += _http_targets(report)
+    mixed = report.get("mixed")
+    if mixed and mixed.get("cache_on_over_off") is not None:
+        ratio = mixed["cache_on_over_off"]
+        out.append(_target(
+            "mixed load: cache on vs cache off", ">= 2.0x", ratio, ratio >= 2.0,
+            f"{mixed['update_share']:.1%} updates, {mixed['logout_share']:.2%} logouts",
+        ))  # fmt: skip
     out += _asgi_targets(report.get("asgi") or {})
     inv = report.get("invalidation")
     if inv:
@@ -72,6 +57,42 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             spread, None if spread is None else spread <= FLAT,
             " / ".join(f"{h} us" for h in hits),
         ))  # fmt: skip
+    return out
+
+
+def _http_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per worker count: cache off against aiohttp-session, cache on against the floor
+    (a middleware that only reads the cookie); with one worker, what Redis spends per
+    uncached read and what a hit costs the worker above the floor."""
+    out = []
+    for workers in sorted({r["workers"] for r in report["http"]["rows"]}):
+        on, off = _row(report, "cache-on", workers), _row(report, "cache-off", workers)
+        floor, theirs = (
+            _row(report, "middleware", workers),
+            _row(report, "aiohttp-session", workers),
+        )
+        suffix = f" ({workers} worker{'s' if workers > 1 else ''})"
+        if off:
+            ratio = off.get("x_aiohttp_session")
+            out.append(_target(
+                "cache off vs aiohttp-session" + suffix, ">= 1.2x", ratio,
+                None if ratio is None else ratio >= 1.2,
+                "" if theirs else "aiohttp-session not measured",
+            ))  # fmt: skip
+        if on and floor and floor.get("rps"):
+            ratio = round(on["rps"] / floor["rps"], 2)
+            out.append(_target("cache on vs the floor" + suffix, ">= 0.85x", ratio, ratio >= 0.85))
+        if workers != 1:
+            continue
+        if off and off.get("redis_cpu_us") is not None:
+            cpu = off["redis_cpu_us"]
+            out.append(_target("Redis CPU per uncached read", "<= 20 us", cpu, cpu <= 20))
+        if on and floor and on.get("worker_cpu_us") and floor.get("worker_cpu_us"):
+            above = round(on["worker_cpu_us"] - floor["worker_cpu_us"], 1)
+            out.append(_target(
+                "a cache hit's worker CPU above the floor", "<= 10 us", above, above <= 10,
+                "CPU per request of the two rows",
+            ))  # fmt: skip
     return out
 
 

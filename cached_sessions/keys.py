@@ -239,6 +239,17 @@ class ClusterLayout:
 Layout = KeyLayout | ClusterLayout
 
 
+def touched_keys(layout: Layout, app: str, token: str, bucket: int) -> list[str]:
+    """The session and the three indexes an access moves (last access, user, expiry),
+    in the order the scripts that touch them declare them."""
+    return [
+        layout.session(app, token),
+        layout.app_sessions(app, bucket),
+        layout.app_users(app, bucket),
+        layout.expiry_index(bucket),
+    ]
+
+
 def _templates(prefix: str, expiry_index: str, channel: str) -> tuple[str, ...]:
     by_name = {
         "session": f"{prefix}:<app>:<token>",

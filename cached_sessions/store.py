@@ -41,7 +41,7 @@ from .errors import (
     UsageError,
 )
 from .invalidation import Subscriber, raise_if_cancelling, routes_for
-from .keys import DEFAULT_BUCKETS, ClusterLayout, KeyLayout, Layout, check_buckets
+from .keys import DEFAULT_BUCKETS, ClusterLayout, KeyLayout, Layout, check_buckets, touched_keys
 from .model import (
     EXPIRED,
     FOUND,
@@ -612,13 +612,7 @@ class RedisSessions:
             base = await self._take(scripts, app, token, id if keep else None)
         while True:
             new = layout.new_token(bucket)
-            keys = [
-                layout.session(app, new),
-                layout.app_sessions(app, bucket),
-                layout.app_users(app, bucket),
-                layout.expiry_index(bucket),
-                layout.user_tokens(app, id),
-            ]
+            keys = [*touched_keys(layout, app, new, bucket), layout.user_tokens(app, id)]
             if together:
                 keys.append(layout.session(app, token or ""))
             old = token if together else ""

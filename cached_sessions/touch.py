@@ -17,7 +17,7 @@ from redis.exceptions import NoScriptError
 
 from .cache import CachedEntry, SessionCache
 from .invalidation import raise_if_cancelling
-from .keys import Layout
+from .keys import Layout, touched_keys
 from .scripts import Scripts
 
 __all__ = ["TouchFlusher"]
@@ -104,12 +104,6 @@ class TouchFlusher:
         pipe = self._scripts.pipeline()
         for entry, reads, at in calls:
             app, token = entry.app, entry.token
-            bucket = layout.bucket_of_token(token)
-            keys = [
-                layout.session(app, token),
-                layout.app_sessions(app, bucket),
-                layout.app_users(app, bucket),
-                layout.expiry_index(bucket),
-            ]
+            keys = touched_keys(layout, app, token, layout.bucket_of_token(token))
             self._scripts.queue(pipe, "touch", keys, [app, token, entry.id, reads, at])
         return list(await self._scripts.slots.call(pipe.execute, raise_on_error=False))

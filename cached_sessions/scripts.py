@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -141,8 +142,63 @@ PRELUDE_PARTS: dict[str, tuple[str, ...]] = {
 
 def script_source(operation: str, header: str) -> str:
     """The full Lua text of one operation (header + prelude + body)."""
-    parts = [_lua_file(name) for name in ("_lib", *PRELUDE_PARTS.get(operation, ()))]
-    return header + "\n".join(parts) + "\n" + _lua_file(operation)
+    return header + prelude(operation) + "\n" + _lua_file(operation)
+
+
+_FUNCTION = re.compile(r"local function (\w+)\(")
+_NAME = re.compile(r"(?<![.:\w])[A-Za-z_]\w*")  # not a field: L.publish is no call
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+def _names(code: str) -> set[str]:
+    """The identifiers in Lua code, comments left out (the prelude's strings hold no
+    `--`; tests/test_scripts.py checks that every function a script calls is defined)."""
+    return set(_NAME.findall(_COMMENT.sub("", code)))
+
+
+def _chunks(text: str) -> list[tuple[str | None, str]]:
+    """A prelude file cut into its top-level functions (name, text) and the code
+    between them (None, text). A function ends at the first `end` in column 0."""
+    chunks: list[tuple[str | None, str]] = []
+    lines: list[str] = []
+    name: str | None = None
+    for line in text.splitlines(keepends=True):
+        match = _FUNCTION.match(line)
+        if match and name is None:
+            if lines:
+                chunks.append((None, "".join(lines)))
+            lines, name = [line], match.group(1)
+            continue
+        lines.append(line)
+        if name is not None and line.rstrip() == "end":
+            chunks.append((name, "".join(lines)))
+            lines, name = [], None
+    if lines:
+        chunks.append((name, "".join(lines)))
+    return chunks
+
+
+@cache
+def prelude(operation: str) -> str:
+    """The prelude functions the operation calls, directly or through each other, and
+    the code between them. Every call runs its script's whole prelude, and defining a
+    function costs the server on each call (the get script, defining its own 8 of the
+    24, took 22.1 instead of 24.8 µs of server time per read in an A/B run): so a
+    script defines only what it uses. A local function can call only functions
+    defined above it, so one pass from the bottom up finds them all; comments and
+    field names (`L.publish`) are not read as calls."""
+    files = ("_lib", *PRELUDE_PARTS.get(operation, ()))
+    chunks = [chunk for name in files for chunk in _chunks(_lua_file(name))]
+    wanted = _names(_lua_file(operation))
+    for name, text in chunks:
+        if name is None:
+            wanted |= _names(text)
+    kept: set[str] = set()
+    for name, text in reversed(chunks):
+        if name is not None and name in wanted:
+            kept.add(name)
+            wanted |= _names(text)
+    return "".join(text for name, text in chunks if name is None or name in kept)
 
 
 @dataclass(slots=True)

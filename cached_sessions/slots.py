@@ -21,6 +21,7 @@ from typing import ParamSpec, TypeVar
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
+from .validation import is_int
 
 __all__ = ["ConnectionSlots"]
 
@@ -34,7 +35,7 @@ class ConnectionSlots:
     __slots__ = ("_semaphore", "size", "timeout")
 
     def __init__(self, size: int, timeout: float) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        if not is_int(size) or size < 1:
             raise ConfigurationError("max_connections must be a positive integer")
         self.size = size
         self.timeout = timeout

@@ -65,6 +65,19 @@ class AutoPipeline:
         self.batches = 0
         self.pipelined = 0
 
+    async def aclose(self, grace: float) -> None:
+        """Let the batches in flight finish (their callers are waiting for them), for
+        `grace` seconds at most, then cancel the rest: no batch outlives the client
+        it writes to."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=grace)
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck)
+
     def direct(self) -> bool:
         """Whether a call may go out directly now: the first of its turn."""
         if self._turn_taken or self._open is not None:

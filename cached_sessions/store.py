@@ -385,7 +385,9 @@ class RedisSessions:
         # A first use may be starting the store right now: let it finish, so that
         # nothing it starts is left running (it sees `_closed` and stops short after).
         async with self._start_lock:
-            self._scripts = None
+            scripts, self._scripts = self._scripts, None
+        if scripts is not None and scripts.auto is not None:
+            await scripts.auto.aclose(CLOSE_TASK_TIMEOUT)
         if self._cache is not None:
             await self._cache.aclose()
         tasks, self._tasks = self._tasks, []

@@ -259,3 +259,27 @@ def test_auto_pipeline_must_be_a_bool() -> None:
     for wrong in (1, 0, "yes", None):
         with pytest.raises(ConfigurationError, match="auto_pipeline must be True or False"):
             RedisSessions(url="redis://127.0.0.1:1", auto_pipeline=wrong)  # type: ignore[arg-type]
+
+
+async def test_a_batch_in_flight_when_the_store_closes_still_answers_its_callers(
+    server: ServerProcess, redis: Redis, namespace: str
+) -> None:
+    store = RedisSessions(url=server.url, namespace=namespace, wipe=0)
+    await store.start()
+    tokens = await sessions(store, 10)
+    auto = pipeliner(store)
+
+    async def close_during_batch() -> list[Any]:
+        calls = asyncio.gather(
+            *(store.get(app=APP, token=t) for t in tokens), return_exceptions=True
+        )
+        await until(lambda: bool(auto._tasks))  # a batch is on its way to the paused server
+        await store.aclose()
+        assert not [
+            task for task in asyncio.all_tasks()
+            if task.get_name() == "cached-sessions pipeline" and not task.done()
+        ], "a batch outlived the store"  # fmt: skip
+        return await calls
+
+    outcomes = await paused(redis, PAUSE_MS, close_during_batch)
+    assert own_data(outcomes) == expected(10)

@@ -90,16 +90,12 @@ STATE_KEY: Final = web.RequestKey("cached_sessions.request_state", RequestState)
 
 async def get_session(request: web.Request) -> Session:
     """The request's session, loaded from Redis on the first call."""
-    state = request.get(STATE_KEY)
+    state: RequestState | None = request.get(STATE_KEY)
     if state is None:
         raise UsageError("no session middleware: call setup_sessions(app, store, ...) first")
     session: Session | None = state.session
-    if session is None:
-        session = await _load(state, request)
-    return session
-
-
-async def _load(state: RequestState, request: web.Request) -> Session:
+    if session is not None:
+        return session
     options = state.options
     headers = request.headers
     exchange = Exchange(
@@ -111,7 +107,9 @@ async def _load(state: RequestState, request: web.Request) -> Session:
         user_agent=headers.get(hdrs.USER_AGENT),
     )
     state.exchange = exchange
-    session = await load_session(options, request, exchange, headers.get(hdrs.AUTHORIZATION))
+    loaded = load_session(options, request, exchange, headers.get(hdrs.AUTHORIZATION))
+    # A cache hit comes back as the Session itself: no coroutine to await.
+    session = loaded if isinstance(loaded, Session) else await loaded
     state.session = session
     if exchange.events:
         await deliver_events(options, request, exchange)
@@ -201,37 +199,30 @@ def _session_middleware(options: SessionConfig) -> Middleware:
         state = RequestState(options)
         request[STATE_KEY] = state
         try:
-            return await _handle(state, request, handler, checks_csrf)
+            refusal = None
+            if checks_csrf and request.method not in csrf.SAFE_METHODS:
+                refusal = await _csrf_refusal(state, request)
+            response = refusal if refusal is not None else await handler(request)
+            if not state.committed and not response.prepared:
+                if state.owes_commit():
+                    await _commit(state, request, response)
+                state.committed = True  # the prepare hook has nothing left to do
+            return response
+        except web.HTTPException as exc:
+            try:
+                if not state.committed:
+                    await _commit(state, request, exc)
+            except UNAVAILABLE_ERRORS as error:
+                return await _unavailable(request, error)
+            raise
+        except UNAVAILABLE_ERRORS as error:
+            return await _unavailable(request, error)
         finally:
             exchange = state.exchange
             if exchange is not None and exchange.events:
                 await deliver_events(options, request, exchange)
 
     return session_middleware
-
-
-async def _handle(
-    state: RequestState, request: web.Request, handler: Handler, checks_csrf: bool
-) -> web.StreamResponse:
-    try:
-        refusal = None
-        if checks_csrf and request.method not in csrf.SAFE_METHODS:
-            refusal = await _csrf_refusal(state, request)
-        response = refusal if refusal is not None else await handler(request)
-        if not state.committed and not response.prepared:
-            if state.owes_commit():
-                await _commit(state, request, response)
-            state.committed = True  # the prepare hook has nothing left to do
-        return response
-    except web.HTTPException as exc:
-        try:
-            if not state.committed:
-                await _commit(state, request, exc)
-        except UNAVAILABLE_ERRORS as error:
-            return await _unavailable(request, error)
-        raise
-    except UNAVAILABLE_ERRORS as error:
-        return await _unavailable(request, error)
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -83,7 +83,13 @@ async def get_session(request: HTTPConnection) -> Session:
         raise UsageError("no session middleware: add SessionMiddleware(app, store, ...)")
     session = state.session
     if session is None:
-        session = await _load(state, request)
+        loaded = _load(state, request)
+        # A cache hit comes back as the Session itself: no coroutine to await.
+        session = loaded if isinstance(loaded, Session) else await loaded
+        state.session = session
+        exchange = state.exchange
+        if exchange is not None and exchange.events:
+            await deliver_events(state.options, request, exchange)
     return session
 
 
@@ -95,7 +101,7 @@ def get_store(request: HTTPConnection) -> RedisSessions:
     return state.options.store
 
 
-async def _load(state: RequestState, request: HTTPConnection) -> Session:
+def _load(state: RequestState, request: HTTPConnection) -> Session | Awaitable[Session]:
     options = state.options
     headers = request.headers
     cookies = headers.getlist("cookie")
@@ -109,11 +115,7 @@ async def _load(state: RequestState, request: HTTPConnection) -> Session:
         user_agent=headers.get("user-agent"),
     )
     state.exchange = exchange
-    session = await load_session(options, request, exchange, headers.get("authorization"))
-    state.session = session
-    if exchange.events:
-        await deliver_events(options, request, exchange)
-    return session
+    return load_session(options, request, exchange, headers.get("authorization"))
 
 
 def _with_cookies(message: Message, cookies: list[str]) -> Message:

@@ -41,6 +41,7 @@ __all__ = [
     "encode_create_data",
     "encode_data_patch",
     "is_int",
+    "is_token",
     "validate_app",
     "validate_data_item",
     "validate_delta_time",
@@ -96,6 +97,11 @@ def validate_app(app: object) -> str:
     if not isinstance(app, str) or _APP.fullmatch(app) is None:
         raise InvalidFormatError("Invalid app format")
     return app
+
+
+def is_token(text: str) -> bool:
+    """Whether `text` has a token's form (a check without an error, for hot paths)."""
+    return _TOKEN.fullmatch(text) is not None
 
 
 def validate_token(token: object) -> str:

@@ -127,6 +127,16 @@ async def test_cachemax_bounds_the_entries(store: Store) -> None:
     assert [rs.is_cached(t) for t in tokens] == [False, False, True, True, True]
 
 
+async def test_the_least_recently_used_entry_leaves_first(store: Store) -> None:
+    rs = await store(cachemax=3)
+    tokens = [await new(rs, f"u{i}") for i in range(4)]
+    for token in tokens[:3]:
+        await rs.get(app=APP, token=token)
+    await rs.get(app=APP, token=tokens[0])  # a hit: now the most recent
+    await rs.get(app=APP, token=tokens[3])
+    assert [rs.is_cached(t) for t in tokens] == [True, False, True, True]
+
+
 async def test_cachetime_bounds_the_age_of_an_entry(store: Store) -> None:
     timer = ManualClock(1000.0)
     rs = await store(cachetime=5, timer=timer)

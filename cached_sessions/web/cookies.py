@@ -18,9 +18,8 @@ from email.utils import formatdate
 from http.cookies import Morsel
 from typing import NamedTuple
 
-from cached_sessions import InvalidInputError
 from cached_sessions.errors import ConfigurationError
-from cached_sessions.validation import validate_token
+from cached_sessions.validation import is_token
 
 from .cookie_header import COOKIE_NAME
 from .signing import TokenSigner
@@ -115,11 +114,7 @@ class CookiePolicy:
                 return None
             value, current = verified
         token, tilde, issued = value.partition("~")
-        if tilde and _ISSUED.fullmatch(issued) is None:
-            return None
-        try:
-            token = validate_token(token)
-        except InvalidInputError:
+        if not is_token(token) or (tilde and _ISSUED.fullmatch(issued) is None):
             return None
         return PresentedToken(token, current, int(issued, 16) if tilde else None)
 

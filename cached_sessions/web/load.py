@@ -1,11 +1,12 @@
 """Loading a request's session: the credential, the cache, Redis, the `valid` hook.
 
-A cache hit takes no await that yields. A miss waits up to `unavailable_wait` for
-Redis. Tokens the store did not issue, or can no longer find, give an anonymous session
-and clear the cookie. A Cookie header that carries the session cookie twice (a copy
-planted by a sibling subdomain, say) or holds more than MAX_COOKIE_PAIRS pairs gives an
-anonymous session too, without clearing anything: neither copy can be trusted, and
-clearing would delete the one this site set while the planted one stays.
+A cache hit takes no await at all: no coroutine is even made for it. A miss waits up
+to `unavailable_wait` for Redis. Tokens the store did not issue, or can no longer
+find, give an anonymous session and clear the cookie. A Cookie header that carries
+the session cookie twice (a copy planted by a sibling subdomain, say) or holds more
+than MAX_COOKIE_PAIRS pairs gives an anonymous session too, without clearing
+anything: neither copy can be trusted, and clearing would delete the one this site
+set while the planted one stays.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import asyncio
 import inspect
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TypeVar
 
 from cached_sessions import SessionDict
 from cached_sessions.model import FOUND
 
 from .cookie_header import MAX_COOKIE_PAIRS, TooManyCookies, cookie_values
+from .cookies import PresentedToken
 from .errors import REDIS_AWAY, SessionStoreUnavailable
 from .exchange import Exchange
 from .options import SessionOptions
@@ -73,13 +76,18 @@ async def _lookup(exchange: Exchange, token: str) -> tuple[SessionDict | None, s
             await asyncio.sleep(RETRY_PAUSE)
 
 
-async def load_session(
+def load_session(
     options: SessionOptions[R], request: R, exchange: Exchange, authorization: str | None
-) -> Session:
-    """The request's session. `authorization` is its Authorization header. Events are
-    left in `exchange.events` for the adapter to deliver; Redis away raises
-    SessionStoreUnavailable, or gives an anonymous session marked `unavailable` when
-    the app chose `on_unavailable="anonymous"`."""
+) -> Session | Awaitable[Session]:
+    """The request's session, or an awaitable of it. `authorization` is its
+    Authorization header.
+
+    A cache hit with no `valid` hook to run is answered at once, without a coroutine
+    (the adapter awaits only what is not a Session); everything else is left to
+    `_load`. Events are left in `exchange.events` for the adapter to deliver; Redis
+    away raises SessionStoreUnavailable, or gives an anonymous session marked
+    `unavailable` when the app chose `on_unavailable="anonymous"`.
+    """
     value, distrust = _bearer(options, authorization), None
     via_bearer = value is not None
     if value is None:
@@ -95,9 +103,23 @@ async def load_session(
         exchange.clear_cookie()
         exchange.note("invalid", "bad format or signature", None)
         return Session(exchange, None, None)
-    token = presented.token
-    # A cache hit needs no await; only a miss pays for the coroutines below.
-    stored, status = exchange.store.cached(app=exchange.app, token=token), FOUND
+    stored = exchange.store.cached(app=exchange.app, token=presented.token)
+    if stored is None or options.valid is not None:
+        return _load(options, request, exchange, presented, via_bearer, stored)
+    session = Session(exchange, stored, presented.token)
+    return _found(options, exchange, presented, via_bearer, session)
+
+
+async def _load(
+    options: SessionOptions[R],
+    request: R,
+    exchange: Exchange,
+    presented: PresentedToken,
+    via_bearer: bool,
+    stored: SessionDict | None,
+) -> Session:
+    """The rest of `load_session`: Redis on a miss, then the `valid` hook."""
+    token, status = presented.token, FOUND
     if stored is None:
         try:
             stored, status = await _lookup(exchange, token)
@@ -119,8 +141,19 @@ async def load_session(
         exchange.clear_cookie()
         exchange.note("invalid", "refused by the valid() hook", token, session.user_id)
         return Session(exchange, None, None)
+    return _found(options, exchange, presented, via_bearer, session)
+
+
+def _found(
+    options: SessionOptions[R],
+    exchange: Exchange,
+    presented: PresentedToken,
+    via_bearer: bool,
+    session: Session,
+) -> Session:
+    """A session found for the request: the cookie it owes, if any."""
     exchange.bearer_session = via_bearer
     cookie = options.cookie
     if options.rolling or not presented.current_signature or cookie.needs_renewal(presented):
-        exchange.set_cookie(token)
+        exchange.set_cookie(presented.token)
     return session

@@ -14,7 +14,7 @@ closes with the app's lifespan.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Final, Literal
 
 from starlette.requests import HTTPConnection, Request
@@ -103,19 +103,39 @@ def get_store(request: HTTPConnection) -> RedisSessions:
 
 def _load(state: RequestState, request: HTTPConnection) -> Session | Awaitable[Session]:
     options = state.options
-    headers = request.headers
-    cookies = headers.getlist("cookie")
-    client = request.client
+    scope = request.scope
+    cookie_header, user_agent, authorization = _session_headers(scope["headers"])
+    client = scope.get("client")
     exchange = Exchange(
         options,  # type: ignore[arg-type]
         app=options.app_for(request),
-        client_ip=client.host if client else "unknown",
+        client_ip=client[0] if client else "unknown",
         ttl=options.ttl_for(request),
-        cookie_header="; ".join(cookies) if cookies else None,
-        user_agent=headers.get("user-agent"),
+        cookie_header=cookie_header,
+        user_agent=user_agent,
     )
     state.exchange = exchange
-    return load_session(options, request, exchange, headers.get("authorization"))
+    return load_session(options, request, exchange, authorization)
+
+
+def _session_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, str | None]:
+    """The Cookie headers (joined), User-Agent and Authorization of a request, read in
+    one pass over the scope's raw headers, whose names ASGI gives in lower case
+    (Starlette's `Headers.get` scans the list once per name, raising inside for each
+    one missing: several µs of a cache hit). The first of a repeated single header
+    wins, as with `Headers.get`."""
+    cookies: list[str] = []
+    user_agent = authorization = None
+    for name, value in headers:
+        if name == b"cookie":
+            cookies.append(value.decode("latin-1"))
+        elif name == b"user-agent" and user_agent is None:
+            user_agent = value.decode("latin-1")
+        elif name == b"authorization" and authorization is None:
+            authorization = value.decode("latin-1")
+    return ("; ".join(cookies) if cookies else None), user_agent, authorization
 
 
 def _with_cookies(message: Message, cookies: list[str]) -> Message:

@@ -54,6 +54,10 @@ class Sizes:
     connections: int
     http_sessions: int  # distinct sessions (cookies) the load rotates through
     worker_counts: tuple[int, ...]
+    # Each row runs this many times, the configurations interleaved; the run of the
+    # median throughput is reported (one 8 s run of a row varies by 10-30% on a
+    # shared 2-core machine, more than some of the differences measured).
+    http_rounds: int
     # 2. store operations
     store_calls: int
     # 3. invalidation
@@ -89,6 +93,7 @@ class Sizes:
             connections=32,
             http_sessions=1000,
             worker_counts=(1, 2),
+            http_rounds=3,
             store_calls=3000,
             invalidation_rounds=1000,
             invalidation_workers=4,
@@ -119,6 +124,7 @@ class Sizes:
             connections=32,
             http_sessions=200,
             worker_counts=(1, 2),
+            http_rounds=1,
             store_calls=300,
             invalidation_rounds=200,
             invalidation_workers=4,
@@ -158,6 +164,7 @@ class Sizes:
             http_warmup=seconds(self.http_warmup, 0.2),
             connections=count(self.connections, 4),
             http_sessions=count(self.http_sessions, 10),
+            http_rounds=1,
             store_calls=count(self.store_calls, 20),
             invalidation_rounds=count(self.invalidation_rounds, 10),
             curve_sizes=tuple(count(n, 500) for n in self.curve_sizes),

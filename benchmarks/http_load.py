@@ -166,6 +166,14 @@ async def run_one(
     return row
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of the median throughput, with every run's throughput beside it."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda row: row["rps"])
+    return {**ordered[len(ordered) // 2], "rps_runs": [round(row["rps"]) for row in runs]}
+
+
 def add_ratios(framework: Framework, rows: list[dict[str, Any]]) -> None:
     for workers in {row["workers"] for row in rows}:
         group = {r["config"]: r for r in rows if r["workers"] == workers and "rps" in r}
@@ -188,19 +196,24 @@ async def measure(
         ours = await create_sessions(store, sizes.http_sessions, {"n": 1})
         try:
             theirs = [] if why else await rival_sessions(framework, server, ns, sizes.http_sessions)
-            for workers in sizes.worker_counts:
-                for config in CONFIGS[framework.name]:
-                    name = f"{'http' if framework is AIOHTTP else 'asgi'} {config} x{workers}"
-                    if config == framework.rival and why:
-                        rows.append({"config": config, "label": framework.labels[config],
-                                     "workers": workers, "skipped": why})  # fmt: skip
-                        progress(f"{name}: skipped ({why})")
-                        continue
-                    scenario = scenario_for(framework, config, ns, ours, theirs)
-                    row = await run_one(framework, config, workers, server, ns, scenario, sizes,
-                                        generator)  # fmt: skip
-                    rows.append(row)
-                    progress(describe(name, row))
+            runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for turn in range(sizes.http_rounds):
+                for workers in sizes.worker_counts:
+                    configs = CONFIGS[framework.name]
+                    for config in configs if turn % 2 == 0 else configs[::-1]:
+                        name = f"{'http' if framework is AIOHTTP else 'asgi'} {config} x{workers}"
+                        if config == framework.rival and why:
+                            runs[config, workers] = [{"config": config, "workers": workers,
+                                                      "label": framework.labels[config],
+                                                      "skipped": why}]  # fmt: skip
+                            progress(f"{name}: skipped ({why})")
+                            continue
+                        scenario = scenario_for(framework, config, ns, ours, theirs)
+                        row = await run_one(framework, config, workers, server, ns, scenario,
+                                            sizes, generator)  # fmt: skip
+                        runs.setdefault((config, workers), []).append(row)
+                        progress(describe(name, row))
+            rows.extend(median_run(group) for group in runs.values())
         finally:
             await store.killall(app=APP)
             client = server.client()

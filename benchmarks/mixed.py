@@ -18,7 +18,7 @@ from typing import Any
 from cached_sessions import RedisSessions
 
 from .harness import APP, Progress, Server, Sizes, namespace
-from .http_load import create_sessions
+from .http_load import create_sessions, median_run
 from .load import Fleet, hit_rate, loaded, warm
 from .worker import COOKIE
 
@@ -58,15 +58,17 @@ async def run_one(config: str, server: Server, sizes: Sizes, generator: str) -> 
 async def measure(
     server: Server, sizes: Sizes, generator: str, progress: Progress
 ) -> dict[str, Any]:
-    rows = []
-    for config in ("cache-off", "cache-on"):
-        row = await run_one(config, server, sizes, generator)
-        rows.append(row)
-        progress(
-            f"mixed {config} x{sizes.mixed_workers}: {row['rps']:.0f} req/s, "
-            f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, writes {row['write_share']}"
-            + (f", hit rate {row['hit_rate']}" if "hit_rate" in row else "")
-        )
+    runs: dict[str, list[dict[str, Any]]] = {"cache-off": [], "cache-on": []}
+    for turn in range(sizes.http_rounds):  # interleaved, as the HTTP rows
+        for config in list(runs) if turn % 2 == 0 else list(runs)[::-1]:
+            row = await run_one(config, server, sizes, generator)
+            runs[config].append(row)
+            progress(
+                f"mixed {config} x{sizes.mixed_workers}: {row['rps']:.0f} req/s, "
+                f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, writes {row['write_share']}"
+                + (f", hit rate {row['hit_rate']}" if "hit_rate" in row else "")
+            )
+    rows = [median_run(group) for group in runs.values()]
     off, on = rows
     ratio = round(on["rps"] / off["rps"], 2) if off["rps"] else None
     return {

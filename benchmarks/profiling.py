@@ -39,7 +39,7 @@ LAYERS = (
     ("asyncio/", "asyncio"),
     ("benchmarks/", "the benchmark's handler"),
 )
-OURS = ("aiohttp_ext/", "cached_sessions/", "redis/", "aiohttp_session/", "cachetools/")
+OURS = ("aiohttp_ext/", "cached_sessions/", "redis/", "aiohttp_session/")
 
 
 def pyspy() -> str | None:

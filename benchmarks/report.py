@@ -134,8 +134,9 @@ def markdown(report: dict[str, Any], image: str | None, folder: str = "") -> str
     if http:
         lines += [
             "",
-            f"**HTTP**: {http['connections']} connections, {http['seconds']} s per row, "
-            f"a handler reading one session value, {http['sessions']:,} sessions in turn.",
+            f"**HTTP**: {http['connections']} connections, {http['seconds']} s per run, "
+            f"{_rounds(http)}a handler reading one session value, "
+            f"{http['sessions']:,} sessions in turn.",
             "",
             *_http_table(http["rows"], "aiohttp-session", "x_aiohttp_session"),
         ]
@@ -225,7 +226,8 @@ def markdown(report: dict[str, Any], image: str | None, folder: str = "") -> str
             "",
             f"**Mixed load**: {mixed['users']:,} users, reads with "
             f"{mixed['update_share']:.1%} data updates and {mixed['logout_share']:.2%} logouts "
-            "(each followed by a login), across worker processes.",
+            f"(each followed by a login), across worker processes"
+            f"{'; ' + _rounds(mixed).rstrip(', ') if _rounds(mixed) else ''}.",
             "",
             "| cache | workers | req/s | p50 ms | p99 ms | writes | hit rate |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -440,11 +442,23 @@ def asgi_markdown(asgi: dict[str, Any]) -> list[str]:
         return [f"**ASGI**: skipped ({asgi['skipped']})."]
     return [
         f"**ASGI** ({asgi['server']}): {asgi['connections']} connections, "
-        f"{asgi['seconds']} s per row, the same handler reading one session value, "
+        f"{asgi['seconds']} s per run, {_rounds(asgi)}the same handler reading one "
+        "session value, "
         f"{asgi['sessions']:,} sessions in turn.",
         "",
         *_http_table(asgi["rows"], "starsessions", "x_starsessions"),
     ]
+
+
+def _rounds(section: dict[str, Any]) -> str:
+    """How the rows were chosen, when each ran more than once."""
+    runs = max((len(row.get("rps_runs", ())) for row in section["rows"]), default=0)
+    if runs < 2:
+        return ""
+    return (
+        f"each row the median of {runs} runs (configurations interleaved; every run's "
+        "req/s in the JSON), "
+    )
 
 
 def _http_table(rows: list[dict[str, Any]], rival: str, key: str) -> list[str]:

@@ -166,9 +166,24 @@ async def run_one(
     return row
 
 
+async def run_or_skip(
+    framework: Framework, config: str, workers: int, why: str | None, server: Server, ns: str,
+    scenario: dict[str, Any], sizes: Sizes, generator: str, progress: Progress,
+) -> dict[str, Any]:  # fmt: skip
+    """One run of one row; the rival's row is skipped when it is not installed."""
+    name = f"{'http' if framework is AIOHTTP else 'asgi'} {config} x{workers}"
+    if config == framework.rival and why:
+        progress(f"{name}: skipped ({why})")
+        return {"config": config, "label": framework.labels[config], "workers": workers,
+                "skipped": why}  # fmt: skip
+    row = await run_one(framework, config, workers, server, ns, scenario, sizes, generator)
+    progress(describe(name, row))
+    return row
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run of the median throughput, with every run's throughput beside it."""
-    if len(runs) == 1:
+    if len(runs) == 1 or "skipped" in runs[0]:
         return runs[0]
     ordered = sorted(runs, key=lambda row: row["rps"])
     return {**ordered[len(ordered) // 2], "rps_runs": [round(row["rps"]) for row in runs]}
@@ -201,18 +216,10 @@ async def measure(
                 for workers in sizes.worker_counts:
                     configs = CONFIGS[framework.name]
                     for config in configs if turn % 2 == 0 else configs[::-1]:
-                        name = f"{'http' if framework is AIOHTTP else 'asgi'} {config} x{workers}"
-                        if config == framework.rival and why:
-                            runs[config, workers] = [{"config": config, "workers": workers,
-                                                      "label": framework.labels[config],
-                                                      "skipped": why}]  # fmt: skip
-                            progress(f"{name}: skipped ({why})")
-                            continue
                         scenario = scenario_for(framework, config, ns, ours, theirs)
-                        row = await run_one(framework, config, workers, server, ns, scenario,
-                                            sizes, generator)  # fmt: skip
+                        row = await run_or_skip(framework, config, workers, why, server, ns,
+                                                scenario, sizes, generator, progress)  # fmt: skip
                         runs.setdefault((config, workers), []).append(row)
-                        progress(describe(name, row))
             rows.extend(median_run(group) for group in runs.values())
         finally:
             await store.killall(app=APP)

@@ -40,6 +40,15 @@ LAYERS = (
     ("benchmarks/", "the benchmark's handler"),
 )
 OURS = ("aiohttp_ext/", "cached_sessions/", "redis/", "aiohttp_session/")
+# A request's session layer, as the profile sees it: the middleware and all under it
+# (the handler and its response included: the floor's middleware holds the same), and
+# every other stack running this project's code (the prepare hook, the touch flusher,
+# the subscriber), but for reads that missed. The floor's middleware is the benchmark's
+# `cookie`.
+MIDDLEWARES = ("_session_middleware.<locals>.session_middleware", "aiohttp_app.<locals>.cookie")
+LAYER_FILES = ("aiohttp_ext/", "cached_sessions/")
+# Reads that missed: the warm-up's, inside the profile but not the measured window.
+MISSES = ("SessionCache._fill", "SessionCache.fill", "RedisSessions._read")
 
 
 def pyspy() -> str | None:
@@ -62,11 +71,12 @@ def _layer(path: str) -> str:
     return "Python (stdlib, interpreter)" if path else "native"
 
 
-def parse(path: Path) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]], int]:
-    """(inclusive, self, total) samples per (short path, function) of py-spy raw output."""
+def parse(path: Path) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]], int, int]:
+    """(inclusive, self, total) samples per (short path, function) of py-spy raw output,
+    and the samples of the session layer (MIDDLEWARES)."""
     inclusive: Counter[tuple[str, str]] = Counter()
     own: Counter[tuple[str, str]] = Counter()
-    total = 0
+    total = layer = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -83,12 +93,16 @@ def parse(path: Path) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]
             inclusive[frame] += count
         if frames:
             own[frames[-1]] += count
-    return inclusive, own, total
+        if any(f in MIDDLEWARES or any(m in p for m in LAYER_FILES) for p, f in frames) and not any(
+            f in MISSES for _, f in frames
+        ):
+            layer += count
+    return inclusive, own, total, layer
 
 
 def summarize(path: Path, cpu_us: float | None, top: int = 15) -> dict[str, Any]:
     """Shares of the samples; with `cpu_us` (CPU per request), microseconds per request."""
-    inclusive, own, total = parse(path)
+    inclusive, own, total, layer = parse(path)
     if not total:
         return {"samples": 0}
     layers: Counter[str] = Counter()
@@ -113,6 +127,7 @@ def summarize(path: Path, cpu_us: float | None, top: int = 15) -> dict[str, Any]
         "samples": total,
         "cpu_us_per_request": cpu_us,
         "layers": {name: share(count) for name, count in layers.most_common()},
+        "session_layer_us": per_request(layer),
         "session_layer_inclusive": listed(inclusive, "inclusive", ours=True),
         "session_layer_self": listed(own, "self", ours=True),
         "hottest_self": listed(own, "self", ours=False),

@@ -88,12 +88,28 @@ def _http_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             cpu = off["redis_cpu_us"]
             out.append(_target("Redis CPU per uncached read", "<= 20 us", cpu, cpu <= 20))
         if on and floor and on.get("worker_cpu_us") and floor.get("worker_cpu_us"):
-            above = round(on["worker_cpu_us"] - floor["worker_cpu_us"], 1)
+            rows_above = round(on["worker_cpu_us"] - floor["worker_cpu_us"], 1)
+            profiled = _profiled_above_floor(report)
+            above = rows_above if profiled is None else profiled
+            how = (
+                "CPU per request of the two rows"
+                if profiled is None
+                else "the profiles: the session layer (middleware and all under it, the "
+                f"prepare hook, touches) against the floor's middleware; the whole worker's "
+                f"CPU per request of the two rows differs by {rows_above} us"
+            )
             out.append(_target(
-                "a cache hit's worker CPU above the floor", "<= 10 us", above, above <= 10,
-                "CPU per request of the two rows",
+                "a cache hit's worker CPU above the floor", "<= 10 us", above, above <= 10, how,
             ))  # fmt: skip
     return out
+
+
+def _profiled_above_floor(report: dict[str, Any]) -> float | None:
+    """µs per request of the session layer in the cache-on profile above the floor's."""
+    profiles = (report.get("profiling") or {}).get("profiles", {})
+    on = profiles.get("cache-on", {}).get("session_layer_us")
+    floor = profiles.get("middleware", {}).get("session_layer_us")
+    return None if on is None or floor is None else round(on - floor, 1)
 
 
 def _n(value: Any, digits: int = 0) -> str:

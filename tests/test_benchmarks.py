@@ -96,9 +96,13 @@ def test_profiles_are_summed_by_function(tmp_path: Path) -> None:
         "run (asyncio/base_events.py);handle (aiohttp_ext/middleware.py);"
         "hit (cached_sessions/cache.py) 3\n"
         "run (asyncio/base_events.py);handle (aiohttp_ext/middleware.py) 1\n"
+        "run (asyncio/base_events.py);SessionCache._fill (cached_sessions/cache.py) 2\n"
+        "run (asyncio/base_events.py);select (selectors.py) 6\n"
         "<module> (x.py);_find_and_load (<frozen importlib._bootstrap>) 5\n"
     )
-    inclusive, own, total = parse(raw)
-    assert total == 4  # start-up imports are left out
+    inclusive, own, total, layer = parse(raw)
+    assert total == 12  # start-up imports are left out
     assert inclusive[("aiohttp_ext/middleware.py", "handle")] == 4
     assert own[("cached_sessions/cache.py", "hit")] == 3
+    # The session layer: this project's stacks, but for the reads that missed.
+    assert layer == 4

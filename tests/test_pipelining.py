@@ -139,14 +139,15 @@ async def test_a_failing_call_fails_only_its_caller(
             assert isinstance(outcome, dict) and outcome["d"] == {"i": i}, (i, outcome)
 
 
-async def test_noscript_after_a_flush_is_reloaded_for_every_caller(
+async def test_a_flushed_library_is_reloaded_for_every_caller(
     server: ServerProcess, redis: Redis, namespace: str
 ) -> None:
     async with RedisSessions(url=server.url, namespace=namespace, wipe=0) as store:
         tokens = await sessions(store, 20)
-        await redis.script_flush()
-        # The first call of the turn goes out directly and reloads its own script only
-        # (soid's): every get in the batch meets NOSCRIPT.
+        await redis.function_flush()
+        # The first call of the turn goes out directly, the gets as one batch; each
+        # that meets "Function not found" has the library loaded again (once is enough,
+        # the others find it there) and goes again alone.
         listed, *found = await asyncio.gather(
             store.soid(app=APP, id="u0"), *(store.get(app=APP, token=t) for t in tokens)
         )

@@ -5,10 +5,14 @@ start together because their bytes arrived together. Sent one by one, each call 
 a round trip, a connection, and a read and a write of the server's event loop; sent as
 one pipeline they share all of these, and Redis answers them in order.
 
-The first call of a turn goes out directly, at once, as it would without this module:
-a lone call pays only for a flag and a callback. The next call of the same turn leads a
-batch: it yields once, so that the calls the rest of the turn makes can join it. Alone
-after all, it goes out directly too. With company, the batch goes out as one pipeline
+A call made while the store has no other call under way goes out directly, at once, as
+it would without this module: a lone call pays for a few comparisons. A call made while
+others are under way (a busy store) leads a batch: it yields once, so that the calls
+the rest of the turn makes can join it. Alone after all, it goes out directly too.
+Sending the first call of every turn directly instead would split a busy store's
+callers in two groups that then come back in different turns (one round trip and one
+write and read of each side per group): with 16 callers at once, a get cost the worker
+about 1.5 times the CPU (benchmarks/store_ops.py). With company, the batch goes out as one pipeline
 in a task of its own, which holds one connection slot and the slots' deadline like any
 call (slots.py), so the connection bound holds. The pipeline reads every reply
 (`raise_on_error=False`) and hands each caller its own reply or error: one failing call
@@ -54,13 +58,12 @@ class AutoPipeline:
     tests and benchmarks.
     """
 
-    __slots__ = ("_client", "_open", "_slots", "_tasks", "_turn_taken", "batches", "pipelined")
+    __slots__ = ("_client", "_open", "_slots", "_tasks", "batches", "pipelined")
 
     def __init__(self, client: Redis, slots: ConnectionSlots) -> None:
         self._client = client
         self._slots = slots
         self._open: _Batch | None = None
-        self._turn_taken = False  # a call of this turn went out directly
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.pipelined = 0
@@ -79,15 +82,10 @@ class AutoPipeline:
             await asyncio.wait(stuck)
 
     def direct(self) -> bool:
-        """Whether a call may go out directly now: the first of its turn."""
-        if self._turn_taken or self._open is not None:
-            return False
-        self._turn_taken = True
-        asyncio.get_running_loop().call_soon(self._end_turn)
-        return True
-
-    def _end_turn(self) -> None:
-        self._turn_taken = False
+        """Whether a call may go out directly now: nothing else is under way (no call
+        holds or awaits a connection slot, no batch is open or in flight). The caller
+        starts its call at once, so the next one sees it under way."""
+        return self._open is None and not self._tasks and not self._slots.busy
 
     def send(self, command: tuple[Any, ...]) -> Awaitable[Any]:
         """The command's reply (its error raised), or ALONE: then the caller sends it.

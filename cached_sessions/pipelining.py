@@ -18,11 +18,12 @@ call (slots.py), so the connection bound holds. The pipeline reads every reply
 (`raise_on_error=False`) and hands each caller its own reply or error: one failing call
 fails only its caller, and a caller that retries (NOSCRIPT, scripts.py) does so alone.
 
-Each caller keeps its own deadline (scripts.py sets it around the wait). A caller that
-is cancelled, or whose deadline passes, stops waiting; the batch runs on in its task,
-reads every reply so that the connection stays in step, and the others get theirs. A
-batch whose own deadline passes is cancelled mid-read, and redis-py drops that
-connection.
+A batch's deadline is its first caller's: the others joined it later in the same turn,
+so it comes no later than theirs, and they wait on it without a timer of their own (a
+caller retried alone keeps its own deadline, scripts.py). A batch whose deadline
+passes is cancelled mid-read, redis-py drops that connection, and every caller gets
+the timeout. A caller that is cancelled stops waiting; the batch runs on in its task,
+reads every reply so that the connection stays in step, and the others get theirs.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ ALONE: Final = object()  # what a lone call gets back: go out directly
 
 
 class _Batch:
-    """The commands of one turn, and the futures of all callers but the leader."""
+    """The commands of one turn, the futures of all callers but the leader, and the
+    deadline of them all (the loop's clock)."""
 
-    __slots__ = ("commands", "futures")
+    __slots__ = ("commands", "deadline", "futures")
 
-    def __init__(self, first: tuple[Any, ...]) -> None:
+    def __init__(self, first: tuple[Any, ...], deadline: float) -> None:
         self.commands: list[tuple[Any, ...]] = [first]
         self.futures: list[asyncio.Future[Any]] = []
+        self.deadline = deadline
 
 
 class AutoPipeline:
@@ -101,7 +104,8 @@ class AutoPipeline:
         return future
 
     async def _lead(self, command: tuple[Any, ...]) -> Any:
-        batch = self._open = _Batch(command)
+        loop = asyncio.get_running_loop()
+        batch = self._open = _Batch(command, loop.time() + self._slots.timeout)
         try:
             await asyncio.sleep(0)  # the rest of this turn's calls join `batch`
         except asyncio.CancelledError:
@@ -113,7 +117,7 @@ class AutoPipeline:
         self._open = None
         if not batch.futures:
             return ALONE
-        own: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        own: asyncio.Future[Any] = loop.create_future()
         batch.futures.insert(0, own)
         self._start(batch)
         return await own
@@ -130,7 +134,7 @@ class AutoPipeline:
             pipe.execute_command(*command)
         futures = batch.futures
         try:
-            replies = await self._slots.call(pipe.execute, raise_on_error=False)
+            replies = await self._slots.call_by(batch.deadline, pipe.execute, raise_on_error=False)
         except asyncio.CancelledError:  # the loop is shutting down
             for future in futures:
                 future.cancel()

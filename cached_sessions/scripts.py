@@ -369,18 +369,19 @@ class Scripts:
     async def _run_auto(
         self, auto: AutoPipeline, operation: str, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
-        """`run` through the auto-pipeline: one deadline for the batch and any retry."""
+        """`run` through the auto-pipeline. The wait needs no deadline of its own: the
+        batch's began in this turn, at its first caller's start (pipelining.py); a
+        retry alone keeps this call's."""
+        deadline = asyncio.get_running_loop().time() + self.slots.timeout
         try:
-            async with asyncio.timeout(self.slots.timeout):
-                try:
-                    reply = await auto.send((*self.heads[operation], len(keys), *keys, *args))
-                except RedisError as error:  # this call's own: retried alone if it may be
-                    return await self.slots.held(self._call, operation, keys, args, error)
-                if reply is not ALONE:
-                    return reply
-                return await self.slots.held(self._call, operation, keys, args)
-        except TimeoutError:
-            raise self.slots.expired() from None
+            reply = await auto.send((*self.heads[operation], len(keys), *keys, *args))
+        except RedisError as error:  # this call's own: retried alone if it may be
+            if isinstance(error, RedisTimeoutError):
+                raise
+            return await self.slots.call_by(deadline, self._call, operation, keys, args, error)
+        if reply is not ALONE:
+            return reply
+        return await self.slots.call_by(deadline, self._call, operation, keys, args)
 
     async def _call(
         self,
@@ -393,8 +394,15 @@ class Scripts:
         """The call, tried again while `_recover` says it may; `failed`: a first try's
         error, when that try went out in a pipeline; `narrowable`: False for a call that
         names more keys than it first did (see NARROWABLE)."""
+        if failed is None:  # the first try builds nothing a retry would need
+            try:
+                return await self._client.execute_command(
+                    *self.heads[operation], len(keys), *keys, *args
+                )
+            except RedisError as error:
+                failed = error
         attempt = _Attempt(list(keys), narrowable and operation in NARROWABLE)
-        if failed is not None and not await self._recover(operation, failed, attempt):
+        if not await self._recover(operation, failed, attempt):
             raise failed
         # Bounded by the call's deadline (slots.py) as much as by this count.
         for _ in range(MAX_TRIES):

@@ -61,14 +61,22 @@ class ConnectionSlots:
         finally:
             self.busy -= 1
 
-    async def held(
-        self, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    async def call_by(
+        self,
+        deadline: float,
+        command: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> T:
-        """A call made under a deadline the caller set already (see pipelining.py)."""
+        """`call` with a deadline fixed earlier (the loop's clock), for a call that
+        began before it reached here: a batch of the auto-pipeline, by its first
+        caller's start, or a caller's retry after its batch."""
         self.busy += 1
         try:
-            async with self._semaphore:
+            async with asyncio.timeout_at(deadline), self._semaphore:
                 return await command(*args, **kwargs)
+        except TimeoutError:
+            raise self.expired() from None
         finally:
             self.busy -= 1
 

@@ -7,14 +7,14 @@ one pipeline they share all of these, and Redis answers them in order.
 
 A call made while the store has no other call under way goes out directly, at once, as
 it would without this module: a lone call pays for a few comparisons. A call made while
-others are under way (a busy store) leads a batch: it yields once, so that the calls
-the rest of the turn makes can join it. Alone after all, it goes out directly too.
-Sending the first call of every turn directly instead would split a busy store's
-callers in two groups that then come back in different turns (one round trip and one
-write and read of each side per group): with 16 callers at once, a get cost the worker
-about 1.5 times the CPU (benchmarks/store_ops.py). With company, the batch goes out as one pipeline
-in a task of its own, which holds one connection slot and the slots' deadline like any
-call (slots.py), so the connection bound holds. The pipeline reads every reply
+others are under way (a busy store) leads a batch, or joins the one open: the leader
+yields once, so that the calls the rest of the turn makes can join it. Alone after all,
+it goes out directly too. (Sending the first call of every turn directly would split a
+busy store's callers in two groups that come back in different turns, one round trip
+and one write and read on each side per group: with 16 callers at once, a get cost the
+worker about 1.5 times the CPU, benchmarks/store_ops.py.) With company, the batch goes
+out as one pipeline in a task of its own, which holds one connection slot and a
+deadline like any call (slots.py), so the connection bound holds. The pipeline reads every reply
 (`raise_on_error=False`) and hands each caller its own reply or error: one failing call
 fails only its caller, and a caller that retries (NOSCRIPT, scripts.py) does so alone.
 

@@ -15,8 +15,9 @@ server) the library or script is loaded again and the call repeated, so callers
 never see that error.
 
 A cluster client keeps EVALSHA: FCALL's keys are "movable" in the server's command
-table, and redis-py's cluster client then asks a node (COMMAND GETKEYS) where each
-FCALL goes, a round trip more per call, and per command of a pipeline.
+table, and redis-py's cluster client then asks a node where each FCALL goes (COMMAND
+GETKEYS, twice per FCALL with redis-py 8.1 on the test cluster): round trips more per
+call, and per command of a pipeline.
 
 With auto-pipelining (pipelining.py, off a cluster), the `run` calls of one turn of the
 loop go out as one pipeline; a call whose try there fails goes again alone, under its

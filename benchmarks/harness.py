@@ -369,21 +369,23 @@ class Server:
 
 
 class ServerTime:
-    """Microseconds the server spent per call of one command (INFO commandstats deltas).
+    """Microseconds the server spent per call of some commands (INFO commandstats deltas);
+    by default the store's script calls (FCALL, or EVALSHA without Functions).
 
     Read-only, so safe on any server; other clients running the same command at the
     same time would count too.
     """
 
-    def __init__(self, client: Redis, command: str = "evalsha") -> None:
+    def __init__(self, client: Redis, *commands: str) -> None:
         self.client = client
-        self.key = f"cmdstat_{command}"
+        self.keys = [f"cmdstat_{command}" for command in commands or ("fcall", "evalsha")]
         self.calls = 0
         self.usec = 0.0
 
     async def _read(self) -> tuple[int, float]:
-        stats = (await self.client.info("commandstats")).get(self.key, {})
-        return int(stats.get("calls", 0)), float(stats.get("usec", 0))
+        info = await self.client.info("commandstats")
+        rows = [info.get(key, {}) for key in self.keys]
+        return sum(int(r.get("calls", 0)) for r in rows), sum(float(r.get("usec", 0)) for r in rows)
 
     async def __aenter__(self) -> ServerTime:
         self.calls, self.usec = await self._read()

@@ -8,11 +8,14 @@
    longest call is the worst case. kill_by runs twice: on data this library wrote (the
    reference values are read beside `d`), and on data rewritten by another writer
    (each `d` is parsed).
+3. `get` as FCALL (the function library) and as EVALSHA (the fallback, through a user
+   whose ACL forbids Functions), in interleaved rounds: a read in the same second as
+   the session's last access, and a read in a new second (which moves its scores).
 
-`python -m benchmarks.script_cost [--url URL] [--sessions N]`; without --url it starts
-an embedded server. The server's SLOWLOG settings are put back afterwards. Timings
-include whatever else the machine runs: read the minimum as the cost, the maximum as
-what a busy machine adds.
+`python -m benchmarks.script_cost [--url URL] [--sessions N] [--rounds N] [--only-get]`;
+without --url it starts an embedded server. The server's SLOWLOG settings are put back
+afterwards. Timings include whatever else the machine runs: read the minimum as the
+cost, the maximum as what a busy machine adds.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import argparse
 import asyncio
 import statistics
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 
@@ -72,7 +77,7 @@ class SlowLog:
 
 def _is_script(command: str | bytes) -> bool:
     text = command.decode(errors="replace") if isinstance(command, bytes) else command
-    return text.upper().startswith("EVAL")
+    return text.upper().startswith(("EVAL", "FCALL"))
 
 
 @asynccontextmanager
@@ -166,18 +171,82 @@ async def at_caps(
         report(f"   wipe                 {summary(await log.scripts())}")
 
 
+READS_PER_ROUND = 300
+
+
+@asynccontextmanager
+async def user_without_functions(url: str, client: Redis) -> AsyncIterator[str]:
+    """The URL of a user who may run every command but FUNCTION and FCALL."""
+    name, password = f"bench-nofn-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    await client.acl_setuser(
+        name, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"],
+        commands=["+@all", "-function", "-fcall"],
+    )  # fmt: skip
+    parts = urlsplit(url)
+    try:
+        yield urlunsplit(parts._replace(netloc=f"{name}:{password}@{parts.netloc}"))
+    finally:
+        await client.acl_deluser(name)
+
+
+async def get_round(url: str, log: SlowLog) -> dict[str, float]:
+    """Median µs of server time per get on one path: each session read once in the
+    second it was created in, then once in the next (its scores move)."""
+    clock = [float(int(time.time()))]
+    store = RedisSessions(url=url, namespace=namespace("cost"), wipe=0, clock=lambda: clock[0])
+    async with store:
+        tokens = [
+            (await store.create(app=APP, id=f"u{i}", ip=IP, d={"n": i, "lang": "en"}))["token"]
+            for i in range(READS_PER_ROUND)
+        ]
+        medians = {}
+        for label in ("same second", "new second"):
+            if label == "new second":
+                clock[0] += 1
+            await log.reset()
+            for i in range(READS_PER_ROUND):
+                await store.get(app=APP, token=tokens[i])
+            medians[label] = statistics.median(await log.scripts())
+        await store.killall(app=APP)
+    return medians
+
+
+async def get_paths(
+    url: str, client: Redis, log: SlowLog, rounds: int, report: Callable[[str], None]
+) -> None:
+    report(f"3. get, server µs per read by path ({rounds} interleaved rounds of "
+           f"{READS_PER_ROUND} reads; median of the round medians [min-max])")  # fmt: skip
+    found: dict[str, list[dict[str, float]]] = {"FCALL": [], "EVALSHA": []}
+    async with user_without_functions(url, client) as fallback_url:
+        for _ in range(rounds):
+            found["FCALL"].append(await get_round(url, log))
+            found["EVALSHA"].append(await get_round(fallback_url, log))
+    for path, results in found.items():
+        cells = []
+        for label in ("same second", "new second"):
+            values = sorted(r[label] for r in results)
+            cells.append(
+                f"{label} {statistics.median(values):5.1f} [{values[0]:.0f}-{values[-1]:.0f}]"
+            )
+        report(f"   {path:8} " + ", ".join(cells))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="a Redis to measure (default: an embedded server)")
     parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of section 3")
+    parser.add_argument("--only-get", action="store_true", help="section 3 alone")
     options = parser.parse_args()
     server = await Server(options.url).start()
     print(f"server: {server.version}", flush=True)
     client = server.client()
     try:
         async with every_call(client) as log:
-            await set_curve(server.url, log, lambda line: print(line, flush=True))
-            await at_caps(server.url, client, log, options.sessions, print)
+            if not options.only_get:
+                await set_curve(server.url, log, lambda line: print(line, flush=True))
+                await at_caps(server.url, client, log, options.sessions, print)
+            await get_paths(server.url, client, log, options.rounds, print)
     finally:
         await client.aclose()
         server.stop()

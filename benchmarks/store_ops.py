@@ -125,3 +125,47 @@ async def auto_pipelining(server: Server, sizes: Sizes) -> dict[str, Any]:
             statistics.median(rates[True]) / statistics.median(rates[False]), 2
         ),
     }
+
+
+MISS_CALLERS = 16  # callers at once for the worker's CPU per miss
+
+
+async def miss_cpu(url: str, calls: int = 20_000, callers: int = MISS_CALLERS) -> float:
+    """This process's CPU time per `get` read from Redis (no cache), µs, with `callers`
+    callers at once: what a worker pays per cache miss below the middleware."""
+    store = RedisSessions(url=url, namespace=namespace("miss"), wipe=0)
+    async with store:
+        tokens = [(await store.create(app=APP, id=f"u{i}", ip=IP, d={"n": i}))["token"]
+                  for i in range(callers)]  # fmt: skip
+        each = calls // callers
+
+        async def caller(token: str) -> None:
+            for _ in range(each):
+                await store.get(app=APP, token=token)
+
+        await asyncio.gather(*(caller(token) for token in tokens))  # warm up
+        started = time.process_time()
+        await asyncio.gather(*(caller(token) for token in tokens))
+        spent = time.process_time() - started
+        await store.killall(app=APP)
+    return spent / (each * callers) * 1e6
+
+
+async def main() -> None:
+    """`python -m benchmarks.store_ops [--url URL] [--calls N]`: the worker's CPU per miss."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the worker's CPU per cache miss")
+    parser.add_argument("--url", help="a Redis to measure (default: an embedded server)")
+    parser.add_argument("--calls", type=int, default=20_000)
+    options = parser.parse_args()
+    server = await Server(options.url).start()
+    try:
+        spent = await miss_cpu(server.url, options.calls)
+        print(f"{spent:.1f} µs of CPU per get from Redis ({MISS_CALLERS} callers at once)")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

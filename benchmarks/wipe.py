@@ -63,7 +63,7 @@ async def measure(server: Server, sizes: Sizes, progress: Progress) -> dict[str,
         await client.aclose()
     if removed != count:
         raise RuntimeError(f"the wipe removed {removed} sessions, expected {count}")
-    script_us = [e["duration"] for e in entries if _command(e).startswith("evalsha")]
+    script_us = [e["duration"] for e in entries if _command(e).startswith(("evalsha", "fcall"))]
     return {
         "sessions": count,
         "batch": DEFAULT_BATCH,

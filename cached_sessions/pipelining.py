@@ -5,20 +5,25 @@ start together because their bytes arrived together. Sent one by one, each call 
 a round trip, a connection, and a read and a write of the server's event loop; sent as
 one pipeline they share all of these, and Redis answers them in order.
 
-The first call of a turn goes out directly, at once, as it would without this module:
-a lone call pays only for a flag and a callback. The next call of the same turn leads a
-batch: it yields once, so that the calls the rest of the turn makes can join it. Alone
-after all, it goes out directly too. With company, the batch goes out as one pipeline
-in a task of its own, which holds one connection slot and the slots' deadline like any
-call (slots.py), so the connection bound holds. The pipeline reads every reply
+A call made while the store has no other call under way goes out directly, at once, as
+it would without this module: a lone call pays for a few comparisons. A call made while
+others are under way (a busy store) leads a batch, or joins the one open: the leader
+yields once, so that the calls the rest of the turn makes can join it. Alone after all,
+it goes out directly too. (Sending the first call of every turn directly would split a
+busy store's callers in two groups that come back in different turns, one round trip
+and one write and read on each side per group: with 16 callers at once, a get cost the
+worker about 1.5 times the CPU, benchmarks/store_ops.py.) With company, the batch goes
+out as one pipeline in a task of its own, which holds one connection slot and a
+deadline like any call (slots.py), so the connection bound holds. The pipeline reads every reply
 (`raise_on_error=False`) and hands each caller its own reply or error: one failing call
 fails only its caller, and a caller that retries (NOSCRIPT, scripts.py) does so alone.
 
-Each caller keeps its own deadline (scripts.py sets it around the wait). A caller that
-is cancelled, or whose deadline passes, stops waiting; the batch runs on in its task,
-reads every reply so that the connection stays in step, and the others get theirs. A
-batch whose own deadline passes is cancelled mid-read, and redis-py drops that
-connection.
+A batch's deadline is its first caller's: the others joined it later in the same turn,
+so it comes no later than theirs, and they wait on it without a timer of their own (a
+caller retried alone keeps its own deadline, scripts.py). A batch whose deadline
+passes is cancelled mid-read, redis-py drops that connection, and every caller gets
+the timeout. A caller that is cancelled stops waiting; the batch runs on in its task,
+reads every reply so that the connection stays in step, and the others get theirs.
 """
 
 from __future__ import annotations
@@ -38,13 +43,15 @@ ALONE: Final = object()  # what a lone call gets back: go out directly
 
 
 class _Batch:
-    """The commands of one turn, and the futures of all callers but the leader."""
+    """The commands of one turn, the futures of all callers but the leader, and the
+    deadline of them all (the loop's clock)."""
 
-    __slots__ = ("commands", "futures")
+    __slots__ = ("commands", "deadline", "futures")
 
-    def __init__(self, first: tuple[Any, ...]) -> None:
+    def __init__(self, first: tuple[Any, ...], deadline: float) -> None:
         self.commands: list[tuple[Any, ...]] = [first]
         self.futures: list[asyncio.Future[Any]] = []
+        self.deadline = deadline
 
 
 class AutoPipeline:
@@ -54,13 +61,12 @@ class AutoPipeline:
     tests and benchmarks.
     """
 
-    __slots__ = ("_client", "_open", "_slots", "_tasks", "_turn_taken", "batches", "pipelined")
+    __slots__ = ("_client", "_open", "_slots", "_tasks", "batches", "pipelined")
 
     def __init__(self, client: Redis, slots: ConnectionSlots) -> None:
         self._client = client
         self._slots = slots
         self._open: _Batch | None = None
-        self._turn_taken = False  # a call of this turn went out directly
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.pipelined = 0
@@ -79,15 +85,10 @@ class AutoPipeline:
             await asyncio.wait(stuck)
 
     def direct(self) -> bool:
-        """Whether a call may go out directly now: the first of its turn."""
-        if self._turn_taken or self._open is not None:
-            return False
-        self._turn_taken = True
-        asyncio.get_running_loop().call_soon(self._end_turn)
-        return True
-
-    def _end_turn(self) -> None:
-        self._turn_taken = False
+        """Whether a call may go out directly now: nothing else is under way (no call
+        holds or awaits a connection slot, no batch is open or in flight). The caller
+        starts its call at once, so the next one sees it under way."""
+        return self._open is None and not self._tasks and not self._slots.busy
 
     def send(self, command: tuple[Any, ...]) -> Awaitable[Any]:
         """The command's reply (its error raised), or ALONE: then the caller sends it.
@@ -103,7 +104,8 @@ class AutoPipeline:
         return future
 
     async def _lead(self, command: tuple[Any, ...]) -> Any:
-        batch = self._open = _Batch(command)
+        loop = asyncio.get_running_loop()
+        batch = self._open = _Batch(command, loop.time() + self._slots.timeout)
         try:
             await asyncio.sleep(0)  # the rest of this turn's calls join `batch`
         except asyncio.CancelledError:
@@ -115,7 +117,7 @@ class AutoPipeline:
         self._open = None
         if not batch.futures:
             return ALONE
-        own: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        own: asyncio.Future[Any] = loop.create_future()
         batch.futures.insert(0, own)
         self._start(batch)
         return await own
@@ -132,7 +134,7 @@ class AutoPipeline:
             pipe.execute_command(*command)
         futures = batch.futures
         try:
-            replies = await self._slots.call(pipe.execute, raise_on_error=False)
+            replies = await self._slots.call_by(batch.deadline, pipe.execute, raise_on_error=False)
         except asyncio.CancelledError:  # the loop is shutting down
             for future in futures:
                 future.cancel()

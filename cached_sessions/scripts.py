@@ -1,11 +1,23 @@
-"""One server-side Lua script per operation, loaded once per client.
+"""One server-side Lua function per operation, loaded once per server.
 
-Each script is a header with the layout's key templates and the indexed reference
-fields (so that no call has to send them), the shared prelude (`lua/_lib.lua`, and the
-parts of it only some operations need), then the operation's body. Calls go out as
-EVALSHA; after a NOSCRIPT reply (a restarted, flushed or newly promoted server) the
-script is loaded again (on a cluster, on every primary) and the call repeated, so
-callers never see that error.
+The Lua is a header with the layout's key templates and the indexed reference fields
+(so that no call has to send them), the shared prelude (`lua/_lib.lua`, and the parts
+of it only some operations need), then each operation's body. On Redis 7+ and Valkey
+7.2+ it goes to the server as one function library (FUNCTION LOAD), whose prelude runs
+once at load, and each call is an FCALL that runs only its operation's body: defining
+the prelude on every call was most of a script's cost to the server. The library's
+name and its functions' names carry a hash of its text, so stores of different
+layouts, references or versions share a server. A server without Functions (Redis
+6), or whose ACL forbids FUNCTION or FCALL, gets one script per operation (header,
+the prelude that operation uses, body) as EVALSHA, found out once at start. After a
+"Function not found" or NOSCRIPT reply (a restarted, flushed or newly promoted
+server) the library or script is loaded again and the call repeated, so callers
+never see that error.
+
+A cluster client keeps EVALSHA: FCALL's keys are "movable" in the server's command
+table, and redis-py's cluster client then asks a node where each FCALL goes (COMMAND
+GETKEYS, twice per FCALL with redis-py 8.1 on the test cluster): round trips more per
+call, and per command of a pipeline.
 
 With auto-pipelining (pipelining.py, off a cluster), the `run` calls of one turn of the
 loop go out as one pipeline; a call whose try there fails goes again alone, under its
@@ -25,7 +37,9 @@ the call's deadline.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -54,7 +68,9 @@ from .pipelining import ALONE, AutoPipeline
 from .slots import ConnectionSlots
 from .validation import ANONYMOUS_ID
 
-__all__ = ["OPERATIONS", "Client", "Durability", "Scripts", "script_source"]
+__all__ = ["OPERATIONS", "Client", "Durability", "Library", "Scripts", "library", "script_source"]
+
+log = logging.getLogger(__name__)
 
 Client = Redis | RedisCluster
 Call = tuple[Sequence[str], Sequence[Any]]  # keys, args
@@ -123,7 +139,8 @@ def layout_header(layout: Layout, references: Sequence[str] = (), max_lifetime: 
     strict = "true" if layout.strict else "false"
     return (
         f"local L = {{{fields}, publish = {publish}, strict = {strict}, "
-        f"references = {{{indexed}}}, anonymous = {_lua_string(ANONYMOUS_ID)}, "
+        f"references = {{{indexed}}}, reference_count = {len(references)}, "
+        f"anonymous = {_lua_string(ANONYMOUS_ID)}, "
         f"max_lifetime = {int(max_lifetime)}}}\n"
     )
 
@@ -141,8 +158,57 @@ PRELUDE_PARTS: dict[str, tuple[str, ...]] = {
 
 
 def script_source(operation: str, header: str) -> str:
-    """The full Lua text of one operation (header + prelude + body)."""
-    return header + prelude(operation) + "\n" + _lua_file(operation)
+    """The full Lua text of one operation as a script for EVAL (header + prelude +
+    body); its KEYS and ARGV are globals there."""
+    return header + prelude(operation) + "\nbegin(KEYS)\n" + _lua_file(operation)
+
+
+# Functions that only read: a server may run them where it refuses writes.
+READ_ONLY = frozenset({"soid", "soapp", "devices"})
+PROBE = "probe"  # a function that does nothing, called once at start: may we FCALL?
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """A function library: its name, its Lua text, and each operation's function name."""
+
+    name: str
+    code: str
+    functions: dict[str, str]
+
+
+@cache
+def library(header: str) -> Library:
+    """Every operation as one function library, under names that hash its content.
+
+    The prelude is whole here: it runs once, at load. Each body becomes a callback
+    that gets the call's KEYS and ARGV as parameters (a library has no such globals).
+    """
+    prelude_text = "".join(_lua_file(name) for name in ("_lib", "_data", "_devices"))
+    bodies = {op: _lua_file(op) for op in OPERATIONS}
+    digest = hashlib.sha1(
+        "\0".join((header, prelude_text, *bodies.values())).encode(), usedforsecurity=False
+    ).hexdigest()[:16]
+    functions = {op: f"cs_{digest}_{op}" for op in (*OPERATIONS, PROBE)}
+    parts = [f"#!lua name=cached_sessions_{digest}\n", header, prelude_text]
+    for op, body in bodies.items():
+        flags = ", flags = {'no-writes'}" if op in READ_ONLY else ""
+        parts.append(
+            f"\nredis.register_function{{function_name = '{functions[op]}'{flags}, "
+            f"callback = function(KEYS, ARGV)\nbegin(KEYS)\n{body}\nend}}\n"
+        )
+    parts.append(
+        f"redis.register_function{{function_name = '{functions[PROBE]}', "
+        "flags = {'no-writes'}, callback = function() return 1 end}\n"
+    )
+    return Library(f"cached_sessions_{digest}", "".join(parts), functions)
+
+
+def missing_code(error: object) -> bool:
+    """Whether a call failed because the server lacks its script or function."""
+    if isinstance(error, NoScriptError):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith("Function not found")
 
 
 _FUNCTION = re.compile(r"local function (\w+)\(")
@@ -189,7 +255,7 @@ def prelude(operation: str) -> str:
     field names (`L.publish`) are not read as calls."""
     files = ("_lib", *PRELUDE_PARTS.get(operation, ()))
     chunks = [chunk for name in files for chunk in _chunks(_lua_file(name))]
-    wanted = _names(_lua_file(operation))
+    wanted = _names(_lua_file(operation)) | {"begin"}
     for name, text in chunks:
         if name is None:
             wanted |= _names(text)
@@ -221,11 +287,18 @@ class Durability:
 
 @dataclass(slots=True)
 class Scripts:
-    """The operation scripts bound to one client, for one layout."""
+    """The operation scripts bound to one client, for one layout.
+
+    `library`: the function library to use, None once the server turned it down (or on
+    a cluster); `heads`: what each call starts with, FCALL and its function or EVALSHA
+    and its script's SHA-1.
+    """
 
     _client: Client
     _scripts: dict[str, AsyncScript]
     slots: ConnectionSlots
+    library: Library | None
+    heads: dict[str, tuple[str, str]]
     auto: AutoPipeline | None = None
 
     @classmethod
@@ -247,13 +320,35 @@ class Scripts:
         """
         header = layout_header(layout, references, max_lifetime)
         scripts = {op: AsyncScript(client, script_source(op, header)) for op in OPERATIONS}
-        auto = None
-        if auto_pipeline and not isinstance(client, RedisCluster):
-            auto = AutoPipeline(client, slots)
-        return cls(_client=client, _scripts=scripts, slots=slots, auto=auto)
+        auto, functions = None, None
+        if not isinstance(client, RedisCluster):
+            functions = library(header)
+            if auto_pipeline:
+                auto = AutoPipeline(client, slots)
+        bound = cls(client, scripts, slots, functions, {}, auto)
+        bound._use_heads()
+        return bound
+
+    def _use_heads(self) -> None:
+        functions = self.library
+        if functions is None:
+            self.heads = {op: ("EVALSHA", script.sha) for op, script in self._scripts.items()}
+        else:
+            self.heads = {op: ("FCALL", functions.functions[op]) for op in OPERATIONS}
 
     async def preload(self) -> None:
-        """Load every script up front, so no first call meets NOSCRIPT."""
+        """Load the library, or every script, up front: no first call meets a server
+        without them. A server that turns the library down gets the scripts."""
+        if self.library is not None:
+            try:
+                await self.slots.call(self._load_library)
+                probe = self.library.functions[PROBE]
+                await self.slots.call(self._client.execute_command, "FCALL", probe, 0)
+                return
+            except ResponseError as error:  # no Functions (Redis 6), or an ACL says no
+                log.info("Redis Functions not usable here (%s): scripts go as EVALSHA", error)
+                self.library = None
+                self._use_heads()
         client = self._client
         if isinstance(client, RedisCluster):
             # SCRIPT LOAD goes to every primary; a cluster pipeline refuses it.
@@ -267,64 +362,65 @@ class Scripts:
 
     def run(self, operation: str, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
         """One script call, to await. Not itself a coroutine: one frame less per call."""
-        # EVALSHA straight away: redis-py's script wrapper costs a few µs a call.
-        script = self._scripts[operation]
         auto = self.auto
         if auto is None or auto.direct():
-            return self.slots.call(self._evalsha, script, keys, args, operation in NARROWABLE)
-        return self._run_auto(auto, script, keys, args, operation in NARROWABLE)
+            return self.slots.call(self._call, operation, keys, args)
+        return self._run_auto(auto, operation, keys, args)
 
     async def _run_auto(
-        self,
-        auto: AutoPipeline,
-        script: AsyncScript,
-        keys: Sequence[str],
-        args: Sequence[Any],
-        narrowable: bool,
+        self, auto: AutoPipeline, operation: str, keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
-        """`run` through the auto-pipeline: one deadline for the batch and any retry."""
+        """`run` through the auto-pipeline. The wait needs no deadline of its own: the
+        batch's began in this turn, at its first caller's start (pipelining.py); a
+        retry alone keeps this call's."""
+        deadline = asyncio.get_running_loop().time() + self.slots.timeout
         try:
-            async with asyncio.timeout(self.slots.timeout):
-                try:
-                    reply = await auto.send(("EVALSHA", script.sha, len(keys), *keys, *args))
-                except RedisError as error:  # this call's own: retried alone if it may be
-                    return await self.slots.held(
-                        self._evalsha, script, keys, args, narrowable, error
-                    )
-                if reply is not ALONE:
-                    return reply
-                return await self.slots.held(self._evalsha, script, keys, args, narrowable)
-        except TimeoutError:
-            raise self.slots.expired() from None
+            reply = await auto.send((*self.heads[operation], len(keys), *keys, *args))
+        except RedisError as error:  # this call's own: retried alone if it may be
+            if isinstance(error, RedisTimeoutError):
+                raise
+            return await self.slots.call_by(deadline, self._call, operation, keys, args, error)
+        if reply is not ALONE:
+            return reply
+        return await self.slots.call_by(deadline, self._call, operation, keys, args)
 
-    async def _evalsha(
+    async def _call(
         self,
-        script: AsyncScript,
+        operation: str,
         keys: Sequence[str],
         args: Sequence[Any],
-        narrowable: bool,
         failed: RedisError | None = None,
+        narrowable: bool = True,
     ) -> Any:
         """The call, tried again while `_recover` says it may; `failed`: a first try's
-        error, when that try went out in a pipeline."""
-        attempt = _Attempt(list(keys), narrowable)
-        if failed is not None and not await self._recover(script, failed, attempt):
+        error, when that try went out in a pipeline; `narrowable`: False for a call that
+        names more keys than it first did (see NARROWABLE)."""
+        if failed is None:  # the first try builds nothing a retry would need
+            try:
+                return await self._client.execute_command(
+                    *self.heads[operation], len(keys), *keys, *args
+                )
+            except RedisError as error:
+                failed = error
+        attempt = _Attempt(list(keys), narrowable and operation in NARROWABLE)
+        if not await self._recover(operation, failed, attempt):
             raise failed
         # Bounded by the call's deadline (slots.py) as much as by this count.
         for _ in range(MAX_TRIES):
+            declared = attempt.declared
             try:
-                return await self._client.evalsha(
-                    script.sha, len(attempt.declared), *attempt.declared, *args
+                return await self._client.execute_command(
+                    *self.heads[operation], len(declared), *declared, *args
                 )
             except RedisError as error:
-                if not await self._recover(script, error, attempt):
+                if not await self._recover(operation, error, attempt):
                     raise
         raise ResponseError("a slot stayed on the move for the whole call")
 
-    async def _recover(self, script: AsyncScript, error: RedisError, attempt: _Attempt) -> bool:
+    async def _recover(self, operation: str, error: RedisError, attempt: _Attempt) -> bool:
         """Whether a failed try may go again, once what it needs is done."""
-        if isinstance(error, NoScriptError):  # a server restarted, flushed or promoted
-            await self._client.script_load(script.script)
+        if missing_code(error):  # a server restarted, flushed or promoted
+            await self._load(operation)
             return True
         wanted = undeclared_keys(error)
         if wanted is not None and attempt.rounds < MAX_DECLARE_ROUNDS:
@@ -347,23 +443,38 @@ class Scripts:
         keys: Sequence[str],
         args: Sequence[Any],
     ) -> None:
-        """Add one call to a pipeline as a bare EVALSHA (no per-batch SCRIPT EXISTS)."""
-        sha = self._scripts[operation].sha
+        """Add one call to a pipeline as a bare FCALL or EVALSHA (no SCRIPT EXISTS)."""
         # The generic form: redis-py's cluster pipeline blocks its `evalsha` method,
         # though it routes an EVALSHA by its keys like any keyed command.
-        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        pipe.execute_command(*self.heads[operation], len(keys), *keys, *args)
 
     def pipeline(self) -> Pipeline | ClusterPipeline:
         return self._client.pipeline(transaction=False)
 
     async def load(self, operation: str) -> None:
-        """Load a script after NOSCRIPT, for pipelines (run() does this by itself)."""
-        await self.slots.call(self._client.script_load, self._scripts[operation].script)
+        """Load the library or the script again after a reply that the server lacks it
+        (`missing_code`), for pipelines (run() does this by itself)."""
+        await self.slots.call(self._load, operation)
+
+    async def _load(self, operation: str) -> None:
+        if self.library is not None:
+            await self._load_library()
+        else:
+            await self._client.script_load(self._scripts[operation].script)
+
+    async def _load_library(self) -> None:
+        """FUNCTION LOAD; a library of that name is ours already (its name hashes its text)."""
+        assert self.library is not None
+        try:
+            await self._client.function_load(self.library.code)
+        except ResponseError as error:
+            if "already exists" not in str(error):
+                raise
 
     async def run_many(self, operation: str, calls: Sequence[Call]) -> list[Any]:
         """Many calls of one script in one pipeline; each result or its exception."""
         results = await self._send(operation, calls)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        missing = [i for i, result in enumerate(results) if missing_code(result)]
         if missing:
             await self.load(operation)
             again = await self._send(operation, [calls[i] for i in missing])
@@ -377,11 +488,10 @@ class Scripts:
             and (undeclared_keys(result) is not None or _in_migration(result))
         ]
         if retry:
-            script = self._scripts[operation]
             again = await asyncio.gather(
                 *(
                     self.slots.call(
-                        self._evalsha, script, *self._with_wanted(calls[i], results[i]), False
+                        self._call, operation, *self._with_wanted(calls[i], results[i]), None, False
                     )
                     for i in retry
                 ),
@@ -450,13 +560,13 @@ class Scripts:
         would count replicas of a connection that wrote nothing. A round that meets one
         goes again, after the slot map is brought up to date for a MOVED.
         """
-        attempt, script = _Attempt(list(keys)), self._scripts[operation]
+        attempt = _Attempt(list(keys))
         for _ in range(MAX_TRIES):
             results, node = await self._durable_round(
                 operation, attempt.declared, args, marker, durability
             )
             first = results[0]
-            if isinstance(first, RedisError) and await self._recover(script, first, attempt):
+            if isinstance(first, RedisError) and await self._recover(operation, first, attempt):
                 continue
             if any(isinstance(result, MovedError) for result in results):
                 await self.slots.call(self._client.exists, marker)  # follows MOVED, learns it

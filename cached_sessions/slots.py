@@ -30,15 +30,20 @@ T = TypeVar("T")
 
 
 class ConnectionSlots:
-    """`await slots.call(client.method, *args)` for each Redis call (command, script, pipeline)."""
+    """`await slots.call(client.method, *args)` for each Redis call (command, script, pipeline).
 
-    __slots__ = ("_semaphore", "size", "timeout")
+    `busy`: the calls under way (waiting for a slot or holding one), so that the
+    auto-pipeline can tell an idle store from a busy one.
+    """
+
+    __slots__ = ("_semaphore", "busy", "size", "timeout")
 
     def __init__(self, size: int, timeout: float) -> None:
         if not is_int(size) or size < 1:
             raise ConfigurationError("max_connections must be a positive integer")
         self.size = size
         self.timeout = timeout
+        self.busy = 0
         self._semaphore = asyncio.Semaphore(size)
 
     async def call(
@@ -47,18 +52,33 @@ class ConnectionSlots:
         # One deadline for the wait and the call. Slots are handed out first come,
         # first served, and every holder's deadline comes before a later waiter's, so
         # a call that waited still gets its slot in time unless the server is slow.
+        self.busy += 1
         try:
             async with asyncio.timeout(self.timeout), self._semaphore:
                 return await command(*args, **kwargs)
         except TimeoutError:
             raise self.expired() from None
+        finally:
+            self.busy -= 1
 
-    async def held(
-        self, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    async def call_by(
+        self,
+        deadline: float,
+        command: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> T:
-        """A call made under a deadline the caller set already (see pipelining.py)."""
-        async with self._semaphore:
-            return await command(*args, **kwargs)
+        """`call` with a deadline fixed earlier (the loop's clock), for a call that
+        began before it reached here: a batch of the auto-pipeline, by its first
+        caller's start, or a caller's retry after its batch."""
+        self.busy += 1
+        try:
+            async with asyncio.timeout_at(deadline), self._semaphore:
+                return await command(*args, **kwargs)
+        except TimeoutError:
+            raise self.expired() from None
+        finally:
+            self.busy -= 1
 
     def expired(self) -> RedisTimeoutError:
         """What a call whose deadline passed raises."""

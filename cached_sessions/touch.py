@@ -1,9 +1,9 @@
 """Writes the reads a cache served back to Redis, in pipelined batches.
 
 A hit costs no I/O, yet it is activity: redis-sessions counts reads in `r` and slides
-the expiry on each one. The flusher drains the cache's dirty entries every
-`interval` seconds and sends one EVALSHA of the touch script per session, all of a
-batch in one round trip (on a cluster, one per node, the nodes at once). Nothing is
+the expiry on each one. The flusher drains the cache's dirty entries every `interval`
+seconds and sends one call of the touch function (FCALL, or EVALSHA) per session, all
+of a batch in one round trip (on a cluster, one per node, the nodes at once). Nothing is
 published: only counters and scores change.
 """
 
@@ -13,12 +13,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from redis.exceptions import NoScriptError
-
 from .cache import CachedEntry, SessionCache
 from .invalidation import raise_if_cancelling
 from .keys import Layout, touched_keys
-from .scripts import Scripts
+from .scripts import Scripts, missing_code
 
 __all__ = ["TouchFlusher"]
 
@@ -81,7 +79,7 @@ class TouchFlusher:
         timer_now, wall_now = self._cache.timer(), self._clock()
         calls = [(entry, reads, int(wall_now - (timer_now - last))) for entry, reads, last in batch]
         results = await self._send(calls)
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        missing = [i for i, result in enumerate(results) if missing_code(result)]
         if missing:
             await self._scripts.load("touch")
             again = await self._send([calls[i] for i in missing])

@@ -59,7 +59,7 @@ async def script_calls(redis: Redis) -> int:
         int(v["calls"])
         for stats in await on_every_node(redis, "info", "commandstats")
         for k, v in stats.items()
-        if k in ("cmdstat_evalsha", "cmdstat_eval")
+        if k in ("cmdstat_fcall", "cmdstat_evalsha", "cmdstat_eval")
     )
 
 

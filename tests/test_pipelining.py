@@ -112,9 +112,28 @@ async def test_a_lone_call_goes_out_directly(server: ServerProcess, namespace: s
         for _ in range(5):
             assert await store.get(app=APP, token=token) is not None
         assert pipeliner(store).batches == 0
-        # The first of a turn goes out directly; the two after it, together.
+        # The first of an idle store goes out directly; the two after it, together.
         await asyncio.gather(*(store.get(app=APP, token=token) for _ in range(3)))
         assert (pipeliner(store).batches, pipeliner(store).pipelined) == (1, 2)
+
+
+async def test_calls_made_while_another_is_under_way_go_out_together(
+    server: ServerProcess, redis: Redis, namespace: str
+) -> None:
+    # Break: sending the first call of each turn directly (the rule before) sends the
+    # later turn's first call alone, and its second alone after it: no batch.
+    async with RedisSessions(url=server.url, namespace=namespace, wipe=0) as store:
+        tokens = await sessions(store, 3)
+
+        async def staggered() -> list[Any]:
+            first = asyncio.create_task(store.get(app=APP, token=tokens[0]))
+            await asyncio.sleep(0.05)  # later turns; the server holds the first call
+            rest = await asyncio.gather(*(store.get(app=APP, token=t) for t in tokens[1:]))
+            return [await first, *rest]
+
+        found = await paused(redis, PAUSE_MS, staggered)
+        assert (pipeliner(store).batches, pipeliner(store).pipelined) == (1, 2)
+    assert own_data(found) == [{"i": 0}, {"i": 1}, {"i": 2}]
 
 
 async def test_a_failing_call_fails_only_its_caller(
@@ -139,14 +158,15 @@ async def test_a_failing_call_fails_only_its_caller(
             assert isinstance(outcome, dict) and outcome["d"] == {"i": i}, (i, outcome)
 
 
-async def test_noscript_after_a_flush_is_reloaded_for_every_caller(
+async def test_a_flushed_library_is_reloaded_for_every_caller(
     server: ServerProcess, redis: Redis, namespace: str
 ) -> None:
     async with RedisSessions(url=server.url, namespace=namespace, wipe=0) as store:
         tokens = await sessions(store, 20)
-        await redis.script_flush()
-        # The first call of the turn goes out directly and reloads its own script only
-        # (soid's): every get in the batch meets NOSCRIPT.
+        await redis.function_flush()
+        # The first call of the turn goes out directly, the gets as one batch; each
+        # that meets "Function not found" has the library loaded again (once is enough,
+        # the others find it there) and goes again alone.
         listed, *found = await asyncio.gather(
             store.soid(app=APP, id="u0"), *(store.get(app=APP, token=t) for t in tokens)
         )

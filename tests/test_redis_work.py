@@ -125,7 +125,9 @@ async def new_sessions(
 
 async def script_calls(redis: Redis) -> int:
     stats = await redis.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return sum(
+        int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_fcall", "cmdstat_evalsha")
+    )
 
 
 # The server's own timing, around each operation on sessions at the caps

@@ -1,6 +1,8 @@
-"""Each script defines the prelude functions it calls and no others (scripts.prelude):
-every call runs its script's whole prelude, so one that defined all of them would pay
-for each on every call; one that missed one would fail only on the path that calls it.
+"""Each EVALSHA script defines the prelude functions it calls and no others
+(scripts.prelude): every call runs its script's whole prelude, so one that defined all
+of them would pay for each on every call; one that missed one would fail only on the
+path that calls it. This is the fallback for servers without Functions; the function
+library (tests/test_functions.py) defines the whole prelude once, at load.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def test_a_script_defines_every_prelude_function_it_calls(operation: str) -> Non
 def test_the_read_script_carries_only_the_read_path() -> None:
     defined = set(DEFINED.findall(prelude("get")))
     assert defined == {
-        "fill", "need", "undeclared", "read_session", "reply", "expiry_score", "touch",
-        "need_touch",
+        "begin", "fill", "need", "undeclared", "read_session", "reply", "expiry_score",
+        "touch", "need_touch",
     }  # fmt: skip
     assert len(every_prelude_function()) > 2 * len(defined)

@@ -592,6 +592,7 @@ async def test_script_is_loaded_again_after_the_server_forgets_it(
 ) -> None:
     token = await new(rs)
     await redis.script_flush()
+    await redis.function_flush()
     assert await rs.get(app=APP, token=token) is not None
 
 

@@ -125,17 +125,17 @@ local function parse_work(d, max_keys)
   return per_byte * #d + 1024 * math.min(max_keys, math.floor(#d / 6) + 1)
 end
 
--- Merges the changes in ARGV (from `first` on, triples: key, key as JSON, value as JSON
--- or '' to remove) into the JSON text `d`, as text: the stored members pass through as
--- they are, the changed ones are spliced in as the JSON the caller encoded; a changed
--- key keeps its place, and of a repeated key only the last one counts, as in
--- JSON.parse. `d` is parsed once, and never beyond the caps. Returns the merged text
--- ('' when empty), the parsed `d` (its `found` reference values) and the changes by key
--- (their index in ARGV); or nil and the error to reply, when `d` or the result is over
--- the caps (nothing may be written then).
-local function merge_data(d, first, max_bytes, max_keys)
+-- Merges the changes in `args` (the call's ARGV, from `first` on, triples: key, key as
+-- JSON, value as JSON or '' to remove) into the JSON text `d`, as text: the stored
+-- members pass through as they are, the changed ones are spliced in as the JSON the
+-- caller encoded; a changed key keeps its place, and of a repeated key only the last
+-- one counts, as in JSON.parse. `d` is parsed once, and never beyond the caps. Returns
+-- the merged text ('' when empty), the parsed `d` (its `found` reference values) and
+-- the changes by key (their index in `args`); or nil and the error to reply, when `d`
+-- or the result is over the caps (nothing may be written then).
+local function merge_data(d, args, first, max_bytes, max_keys)
   local patch = {}
-  for i = first, #ARGV, 3 do patch[ARGV[i]] = i end
+  for i = first, #args, 3 do patch[args[i]] = i end
   local stored = {keys = {}, last = {}, found = {}, n = 0}
   if d ~= '' then
     if #d > max_bytes then return nil, redis.error_reply('STORED_DATA_TOO_LARGE ' .. #d) end
@@ -157,17 +157,17 @@ local function merge_data(d, first, max_bytes, max_keys)
         parts[#parts + 1] = string.sub(d, run_start, run_end)
         run_start = nil
       end
-      if stored.last[key] == i and ARGV[at + 2] ~= '' then
+      if stored.last[key] == i and args[at + 2] ~= '' then
         count = count + 1
-        parts[#parts + 1] = ARGV[at + 1] .. ':' .. ARGV[at + 2]
+        parts[#parts + 1] = args[at + 1] .. ':' .. args[at + 2]
       end
     end
   end
   if run_start then parts[#parts + 1] = string.sub(d, run_start, run_end) end
-  for i = first, #ARGV, 3 do
-    if not stored.last[ARGV[i]] and ARGV[i + 2] ~= '' then
+  for i = first, #args, 3 do
+    if not stored.last[args[i]] and args[i + 2] ~= '' then
       count = count + 1
-      parts[#parts + 1] = ARGV[i + 1] .. ':' .. ARGV[i + 2]
+      parts[#parts + 1] = args[i + 1] .. ':' .. args[i + 2]
     end
   end
   if count > max_keys then return nil, redis.error_reply('TOO_MANY_KEYS ' .. count) end
@@ -177,16 +177,16 @@ local function merge_data(d, first, max_bytes, max_keys)
   return merged, stored, patch
 end
 
--- The reference values of a merge's result, from the stored members and the changes:
--- no second parse.
-local function merged_references(stored, patch)
+-- The reference values of a merge's result, from the stored members and the changes
+-- (`patch` indexes `args`, the call's ARGV): no second parse.
+local function merged_references(stored, patch, args)
   local values = {}
   for field in pairs(L.references) do
     local at = patch[field]
     if not at then
       values[field] = stored.found[field]
-    elseif ARGV[at + 2] ~= '' then
-      values[field] = ARGV[at + 2]
+    elseif args[at + 2] ~= '' then
+      values[field] = args[at + 2]
     end
   end
   return values

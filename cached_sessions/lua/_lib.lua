@@ -3,11 +3,17 @@
 -- references, written into the script text so no call has to send them. An
 -- operation's own arguments are ARGV. Every check runs before the first write,
 -- because Redis does not roll back a script that fails halfway.
-local INDEXING = next(L.references) ~= nil
+--
+-- The prelude reads no KEYS nor ARGV of its own: in a function library (FUNCTION
+-- LOAD) it runs once, at load, and each call gets its keys and arguments as
+-- parameters. What one call sets up, `begin` sets at its start; nothing else in
+-- here changes after load. Code outside the functions may use no global (not even
+-- `pairs` or `string`): a library's load sees only `redis`.
+local INDEXING = L.reference_count > 0
 local ARG = 0
 -- The hash tag of the first key (cluster layout; '' otherwise): every key a script
 -- builds carries it, so it lives in the slot of the keys the call declared.
-local TAG = string.match(KEYS[1] or '', '{([^}]*)}') or ''
+local TAG = ''
 
 local function fill(template, app, token, id, field, value)
   return (string.gsub(template, '<(%a+)>', function(name)
@@ -69,8 +75,13 @@ end
 -- them (`undeclared`), and the caller sends it again with them. Off a cluster both are
 -- free: one server holds everything.
 local DECLARED, WANTED, WANTED_SET = {}, {}, {}
-if L.strict then
-  for _, name in ipairs(KEYS) do DECLARED[name] = true end
+
+-- The start of every call, before its body: this call's tag and declared keys.
+local function begin(keys)
+  TAG = string.match(keys[1] or '', '{([^}]*)}') or ''
+  if not L.strict then return end
+  DECLARED, WANTED, WANTED_SET = {}, {}, {}
+  for _, name in ipairs(keys) do DECLARED[name] = true end
 end
 
 local function need(name)
@@ -342,9 +353,7 @@ end
 -- where hashing takes about 2 ns a byte: a removal (up to 50 µs, more with each indexed
 -- field it unindexes), and a parse of `d` (up to 12 ns a byte when it is dense with
 -- escapes, and 2 µs a member).
-local REFERENCE_COUNT = 0
-for _ in pairs(L.references) do REFERENCE_COUNT = REFERENCE_COUNT + 1 end
-local SESSION_WORK = 24576 + 4096 * REFERENCE_COUNT
+local SESSION_WORK = 24576 + 4096 * L.reference_count
 
 local function batch_size(batch, budget)
   return math.max(1, math.min(batch, math.floor(budget / SESSION_WORK)))

@@ -9,13 +9,13 @@ local max_bytes, max_keys = tonumber(ARGV[ARG + 4]), tonumber(ARGV[ARG + 5])
 local s = read_session(KEYS[1], now)
 if not s then return false end
 
-local merged, stored, patch = merge_data(s.d, ARG + 6, max_bytes, max_keys)
+local merged, stored, patch = merge_data(s.d, ARGV, ARG + 6, max_bytes, max_keys)
 if not merged then return stored end
 
 -- Every key this call writes is known from here on.
 local values, indexed, fingerprint = {}, {}, nil
 if INDEXING then
-  values = merged_references(stored, patch)
+  values = merged_references(stored, patch, ARGV)
   fingerprint, indexed = read_refs(KEYS[1])
   need_reindex(app, token, indexed, values)
 end

@@ -22,10 +22,10 @@ if keep and old_id and (old_id == ANONYMOUS or old_id == id) then
   local old = read_session(KEYS[6], now)
   if old then base = old.d end
 end
-local merged, stored, patch = merge_data(base, ARG + 14, max_bytes, max_keys)
+local merged, stored, patch = merge_data(base, ARGV, ARG + 14, max_bytes, max_keys)
 if not merged then return stored end
 
-local references = INDEXING and merged_references(stored, patch) or {}
+local references = INDEXING and merged_references(stored, patch, ARGV) or {}
 need_reindex(app, token, {}, references)
 if old_id then need_removal(app, old_token, old_id) end
 local missing = undeclared()

@@ -50,7 +50,8 @@ local function app_keys(app)
   return keys
 end
 
--- Whether the session at `key` is gone (absent or expired), or else its expiry score.
+-- nil when the session at `key` is gone (absent or expired); else its id and the
+-- score the expiry index should hold for it.
 local function expiry(key)
   local f = redis.call('HMGET', key, unpack(FIELDS))
   if not f[1] then return nil end

@@ -22,6 +22,21 @@ local index = KEYS[1]
 local members = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. now, 'LIMIT', 0, batch)
 local FIELDS = LIFETIME > 0 and {'id', 'ttl', 'la', 'ct'} or {'id', 'ttl', 'la'}
 
+-- fill() runs a pattern substitution per call, about a third of a removal's server
+-- time: the keys built per session are a prefix per app with the token or the id
+-- appended, as every layout's templates (keys.py) allow; checked here, so a layout
+-- that did not would fail loudly, never write a wrong key.
+local function head(template, last)
+  local cut = #template - #last
+  local start = string.sub(template, 1, cut)
+  assert(string.sub(template, cut + 1) == last and not string.find(start, '<token>', 1, true)
+    and not string.find(start, '<id>', 1, true), 'wipe: a template the wipe cannot prefix')
+  return start
+end
+local SESSION, USER_TOKENS, MESSAGE = head(L.session, '<token>'), head(L.user_tokens, '<id>'),
+  head(L.message, '<token>')
+assert(L.app_member == '<token>:<id>', 'wipe: a template the wipe cannot prefix')
+
 -- Members to remove per key (SREM or ZREM), in first-seen order: one command per key.
 local groups, commands, order = {}, {}, {}
 local function group(command, key, member)
@@ -35,7 +50,8 @@ local function group(command, key, member)
   list[#list + 1] = member
 end
 
--- Per app, its two index keys; per user set, {app, id, size before}.
+-- Per app, its two index keys and the prefixes above; per user set, {app, id, size
+-- before}.
 local apps, users, user_order = {}, {}, {}
 local dels, messages, rescores, gone = {}, {}, {}, {}
 local removed = 0
@@ -43,7 +59,11 @@ local removed = 0
 local function app_keys(app)
   local keys = apps[app]
   if not keys then
-    keys = {sessions = fill(L.app_sessions, app), users = fill(L.app_users, app)}
+    keys = {
+      sessions = fill(L.app_sessions, app), users = fill(L.app_users, app),
+      session = fill(SESSION, app), user_tokens = fill(USER_TOKENS, app),
+      message = fill(MESSAGE, app),
+    }
     apps[app] = keys
     need(keys.users)  -- written when a user's last token goes
   end
@@ -79,16 +99,16 @@ local function plan_wipe(app, token, id, key, member)
     need(key)
   end
   local keys = app_keys(app)
-  group('ZREM', keys.sessions, fill(L.app_member, app, token, id))
+  group('ZREM', keys.sessions, token .. ':' .. id)
   group('ZREM', index, member)
-  messages[#messages + 1] = fill(L.message, app, token)
+  messages[#messages + 1] = keys.message .. token
   removed = removed + 1
   if id == ANONYMOUS then
     -- In no user's set; a read by Node's redis-sessions may have listed it as a user.
     group('ZREM', keys.users, id)
     return
   end
-  local tokens = fill(L.user_tokens, app, token, id)
+  local tokens = keys.user_tokens .. id
   if not users[tokens] then
     users[tokens] = {app = app, id = id, size = redis.call('SCARD', tokens)}
     user_order[#user_order + 1] = tokens
@@ -101,7 +121,7 @@ for _, member in ipairs(members) do
   if not app then
     group('ZREM', index, member)
   else
-    local key = fill(L.session, app, token, id)
+    local key = app_keys(app).session .. token
     local stored, score = expiry(key)
     if not stored then
       plan_wipe(app, token, id, key, member)

@@ -5,16 +5,19 @@ Runs, against one Redis-compatible server (an embedded Valkey unless --url):
 1. HTTP throughput and latency, 1 then 2 worker processes: bare aiohttp,
    aiohttp-session's RedisStorage, this project with the cache off and on (http_load.py,
    the workers in worker.py and the load from load.py: wrk, else a Python client);
-2. store operations, µs per call (store_ops.py);
-3. invalidation propagation across 4 worker processes (invalidation.py);
-4. a mixed load of reads and writes with the cache off and on (mixed.py);
-5. the wipe of many expired sessions (wipe.py) and the cost curve from 1k to 1M
-   sessions (cost_curve.py);
-6. a Redis Cluster of three primaries against one server of the same binary, both
-   started by the section itself (cluster.py; skipped when no cluster can start);
-7. the HTTP rows again under uvicorn, 1 then 2 worker processes: bare Starlette,
+2. the HTTP rows again under uvicorn, 1 then 2 worker processes: bare Starlette,
    starsessions' RedisStore, this project's ASGI middleware with the cache off and on
-   (http_load.py again; skipped when uvicorn, Starlette or starsessions is missing).
+   (http_load.py again; skipped when uvicorn, Starlette or starsessions is missing),
+   right after the aiohttp rows, so both meet the server in the same state (the cost
+   curve leaves a million sessions in an embedded server, and a read costs Redis about
+   twice the CPU there);
+3. store operations, µs per call (store_ops.py);
+4. invalidation propagation across 4 worker processes (invalidation.py);
+5. a mixed load of reads and writes with the cache off and on (mixed.py);
+6. the wipe of many expired sessions (wipe.py) and the cost curve from 1k to 1M
+   sessions (cost_curve.py);
+7. a Redis Cluster of three primaries against one server of the same binary, both
+   started by the section itself (cluster.py; skipped when no cluster can start).
 
 Writes `<stem>.json`, `<stem>.md` and `<stem>.png` into benchmarks/results/ (the stem is
 `benchmarks`; `benchmarks-<sections>` with --only; `benchmarks-quick` with --quick or
@@ -54,7 +57,7 @@ from .harness import Progress, Server, Sizes, bounded, busy_processes, machine
 from .load import choose
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("http", "store", "invalidation", "mixed", "wipe", "curve", "cluster", "asgi")
+SECTIONS = ("http", "asgi", "store", "invalidation", "mixed", "wipe", "curve", "cluster")
 SECTION_LIMIT_FULL = 900.0  # seconds: a section that takes longer has hung
 SECTION_LIMIT_QUICK = 180.0
 SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -95,6 +98,8 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
     sections: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
         ("http", "http", lambda: http_load.measure(
             http_load.AIOHTTP, server, sizes, generator, progress)),
+        ("asgi", "asgi", lambda: http_load.measure(
+            http_load.ASGI, server, sizes, generator, progress)),
         ("profile", "profiling", lambda: profiling.measure(
             server, sizes, generator, progress, arguments.out)),
         ("store", "store", lambda: store_ops.measure(server, sizes)),
@@ -103,8 +108,6 @@ async def run(arguments: argparse.Namespace, progress: Progress) -> dict[str, An
         ("wipe", "wipe", lambda: wipe.measure(server, sizes, progress)),
         ("curve", "cost_curve", lambda: cost_curve.measure(server, sizes, progress)),
         ("cluster", "cluster", lambda: cluster.measure(sizes, progress)),
-        ("asgi", "asgi", lambda: http_load.measure(
-            http_load.ASGI, server, sizes, generator, progress)),
     ]  # fmt: skip
     try:
         for name, key, measure in sections:

@@ -234,7 +234,10 @@ def markdown(report: dict[str, Any], image: str | None, folder: str = "") -> str
         lines += [
             "",
             f"**Wipe** of {wipe['sessions']:,} expired sessions: {wipe['wipe_total_s']} s "
-            f"({wipe['removed_per_s']:,}/s) in batches of {wipe['batch']}; {longest_text}.",
+            f"({wipe['removed_per_s']:,}/s) in batches of {wipe['batch']} "
+            f"({wipe.get('script_calls', '?')} script calls, "
+            f"{wipe.get('server_us_per_session', '?')} µs of server time per session); "
+            f"{longest_text}.",
         ]
     mixed = report.get("mixed")
     if mixed:

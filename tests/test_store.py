@@ -501,7 +501,7 @@ async def test_wipe_removes_expired_sessions_in_batches(
         keep = await new(rs, "gone:0", ttl=1000)
         clock.advance(11)
         assert await rs.wipe() == 10
-        assert await rs.get(app=APP, token=keep) is not None
+        # The indexes as the wipe left them, before a read of `keep` touches them.
         index = Indexes(rs, "gone:0")
         assert await redis.zrange(index.expiry, 0, -1) == [f"{APP}:{keep}:gone:0"]
         assert await redis.zrange(index.sessions, 0, -1) == [f"{keep}:gone:0"]
@@ -509,6 +509,7 @@ async def test_wipe_removes_expired_sessions_in_batches(
         assert await redis.smembers(index.tokens) == {keep}
         for i in (1, 2, 3):
             assert not await redis.exists(Indexes(rs, f"gone:{i}").tokens)
+        assert await rs.get(app=APP, token=keep) is not None
         assert await rs.wipe() == 0
 
 
@@ -522,6 +523,34 @@ async def test_wipe_trusts_the_session_over_a_stale_index(
     assert await rs.wipe() == 0
     assert await rs.get(app=APP, token=token) is not None
     assert await redis.zscore(Indexes(rs, "u").expiry, member) == int(clock.now) + 100
+
+
+async def test_wipe_reads_each_session_once_and_writes_each_key_once_per_call(
+    server: ServerProcess, namespace: str, clock: ManualClock
+) -> None:
+    """The wipe's cost per session is what a removal needs: one HMGET of the expiry
+    fields, the user set's size, the user set's SREM and the message; the session
+    hashes go in one DEL and each index in one ZREM per call. A full default batch
+    (100) goes in one call, so 100,000 expired sessions take 1,000 calls."""
+    redis = Redis.from_url(server.url, decode_responses=True)
+    try:
+        async with RedisSessions(url=server.url, namespace=namespace, wipe=0, clock=clock) as rs:
+            for i in range(150):
+                await new(rs, f"u{i}", ttl=10)
+            clock.advance(11)
+            await redis.config_resetstat()
+            assert await rs.wipe() == 150
+        stats = await redis.info("commandstats")
+    finally:
+        await redis.aclose()
+    calls = {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+    assert calls["evalsha"] == 2
+    assert {name: calls.get(name, 0) for name in ("hmget", "scard", "srem", "publish")} == {
+        "hmget": 150, "scard": 150, "srem": 150, "publish": 150,
+    }  # fmt: skip
+    assert {name: calls.get(name, 0) for name in ("del", "zrem", "sismember", "hget")} == {
+        "del": 2, "zrem": 6, "sismember": 0, "hget": 0,
+    }  # fmt: skip
 
 
 async def test_wipe_runs_in_one_process_per_interval(

@@ -16,7 +16,7 @@ local now = tonumber(ARGV[ARG + 1])
 -- What one removal costs, in the work budget's unit (bytes of `d` hashed, about 2 ns
 -- each): about 20 µs of server time, more with each indexed field it unindexes (see
 -- SESSION_WORK). A per-key member list must fit one command (CHUNK arguments).
-local WIPE_WORK = 10000 + 4096 * REFERENCE_COUNT
+local WIPE_WORK = 10000 + 4096 * L.reference_count
 local batch = math.max(1, math.min(
   tonumber(ARGV[ARG + 2]), math.floor(tonumber(ARGV[ARG + 3]) / WIPE_WORK), CHUNK))
 local index = KEYS[1]

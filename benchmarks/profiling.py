@@ -212,6 +212,11 @@ def markdown(profiling: dict[str, Any]) -> str:
                 f"  - session layer from `{entry['function']}` down: {entry['inclusive']:.0%}"
                 + _us(entry)
             )
+        if config in ("middleware", "cache-on") and p.get("session_layer_us") is not None:
+            lines.append(
+                f"  - the session layer as a whole (middleware and all under it, the prepare "
+                f"hook, touches; warm-up misses left out): {p['session_layer_us']:.1f} µs"
+            )
         if p.get("session_layer_self"):
             hot = "; ".join(
                 f"`{f['function']}` {f['self']:.1%}{_us(f)}" for f in p["session_layer_self"][:8]

@@ -15,7 +15,7 @@ Cancelling a call is safe: redis-py drops a connection whose reply was not read.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import ParamSpec, TypeVar
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,20 +46,17 @@ class ConnectionSlots:
         self.busy = 0
         self._semaphore = asyncio.Semaphore(size)
 
-    async def call(
+    def call(
         self, command: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        # One deadline for the wait and the call. Slots are handed out first come,
-        # first served, and every holder's deadline comes before a later waiter's, so
-        # a call that waited still gets its slot in time unless the server is slow.
-        self.busy += 1
-        try:
-            async with asyncio.timeout(self.timeout), self._semaphore:
-                return await command(*args, **kwargs)
-        except TimeoutError:
-            raise self.expired() from None
-        finally:
-            self.busy -= 1
+    ) -> Coroutine[object, object, T]:
+        """The call, under a deadline of `timeout` seconds from now (`call_by`).
+
+        One deadline for the wait and the call. Slots are handed out first come, first
+        served, and every holder's deadline comes before a later waiter's, so a call
+        that waited still gets its slot in time unless the server is slow.
+        """
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        return self.call_by(deadline, command, *args, **kwargs)
 
     async def call_by(
         self,

@@ -106,7 +106,7 @@ def is_token(text: str) -> bool:
 
 def validate_token(token: object) -> str:
     _present(token, "token")
-    if not isinstance(token, str) or _TOKEN.fullmatch(token) is None:
+    if not isinstance(token, str) or not is_token(token):
         raise InvalidFormatError("Invalid token format")
     return token
 

@@ -88,7 +88,7 @@ def load_session(
     away raises SessionStoreUnavailable, or gives an anonymous session marked
     `unavailable` when the app chose `on_unavailable="anonymous"`.
     """
-    value, distrust = (_bearer(options, authorization) if authorization else None), None
+    value, distrust = _bearer(options, authorization), None
     via_bearer = value is not None
     if value is None:
         value, distrust = _cookie(exchange)
@@ -154,10 +154,6 @@ def _found(
     """A session found for the request: the cookie it owes, if any."""
     exchange.bearer_session = via_bearer
     cookie = options.cookie
-    if (
-        options.rolling
-        or not presented.current_signature
-        or (cookie.renew and cookie.needs_renewal(presented))
-    ):
+    if options.rolling or not presented.current_signature or cookie.needs_renewal(presented):
         exchange.set_cookie(presented.token)
     return session
